@@ -1,0 +1,13 @@
+# DESPOOL_SANITIZE=address|undefined|thread instruments every target.
+if(DESPOOL_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address)
+elseif(DESPOOL_SANITIZE STREQUAL "undefined")
+  add_compile_options(-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=undefined)
+elseif(DESPOOL_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread)
+  add_link_options(-fsanitize=thread)
+elseif(NOT DESPOOL_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "DESPOOL_SANITIZE must be address, undefined or thread (got '${DESPOOL_SANITIZE}')")
+endif()
