@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
+#include <variant>
 
 #include "despool/common/result.h"
 #include "despool/messages/types.h"
@@ -33,10 +35,16 @@ struct DecodeError {
 // Encodes an envelope to one frame. Never fails for a valid envelope.
 std::string Encode(const Envelope& envelope);
 
-// Decodes and validates one frame.
+// Decodes and validates one frame. Never throws.
 class DecodeResult;
 DecodeResult Decode(std::span<const std::byte> frame, const DecodeLimits& limits = {});
 DecodeResult Decode(std::string_view frame, const DecodeLimits& limits = {});
+
+// Error replies. A receiver answers an undecodable frame with ErrorEnvelope(error), which
+// carries the request id when the frame's "id" could be read (0 otherwise).
+Envelope ErrorEnvelope(std::uint64_t request_id, ErrorKind kind, std::string message);
+Envelope ErrorEnvelope(const DecodeError& error);
+std::string EncodeError(const DecodeError& error);  // Encode(ErrorEnvelope(error))
 
 class DecodeResult {
  public:

@@ -40,6 +40,7 @@ struct RetryPolicy {
   std::optional<std::uint64_t> retry_max_ms;    // default 3 600 000
   std::optional<std::uint32_t> max_attempts;    // default 10
   std::optional<OnExhausted> on_exhausted;      // default dead
+  bool operator==(const RetryPolicy&) const = default;
 };
 
 // "Bring package P to version V from source S on these DPs."
@@ -53,6 +54,7 @@ struct Instruction {
   RetryPolicy policy;
   bool repair = false;                // verify only
   bool checksum = false;              // refresh: compare content of every file, not size+mtime
+  bool operator==(const Instruction&) const = default;
 };
 
 // A process holding a file open, as far as the worker could see.
@@ -60,12 +62,14 @@ struct Holder {
   std::int64_t pid = 0;
   std::string command;                // comm / cmdline[0], may be empty
   std::string path;                   // relative to the package directory
+  bool operator==(const Holder&) const = default;
 };
 
 struct VerifyReport {
   std::vector<std::string> missing;
   std::vector<std::string> extra;
   std::vector<std::string> changed;
+  bool operator==(const VerifyReport&) const = default;
 };
 
 // What a worker reports about a refresh that changed the DP.
@@ -77,6 +81,7 @@ struct ApplyStats {
   std::uint64_t bytes_copied = 0;
   std::uint64_t bytes_linked = 0;
   std::uint64_t duration_ms = 0;
+  bool operator==(const ApplyStats&) const = default;
 };
 
 // A job as reported to clients (status, events, submit --wait). Shaped like `status --json`.
@@ -99,6 +104,7 @@ struct JobInfo {
   std::int64_t updated_at_ms = 0;
   std::optional<VerifyReport> report;  // verify jobs, once they ran
   std::optional<ApplyStats> stats;     // applied refreshes
+  bool operator==(const JobInfo&) const = default;
 };
 
 struct WorkerInfo {
@@ -109,6 +115,7 @@ struct WorkerInfo {
   std::int64_t connected_at_ms = 0;
   std::int64_t last_heartbeat_ms = 0;
   bool draining = false;
+  bool operator==(const WorkerInfo&) const = default;
 };
 
 struct DpStats {
@@ -117,46 +124,83 @@ struct DpStats {
   std::uint64_t queued = 0;
   std::uint64_t running = 0;
   std::uint64_t deferred = 0;
+  bool operator==(const DpStats&) const = default;
 };
 
 struct StateCount {
   JobState state = JobState::kQueued;
   std::uint64_t count = 0;
+  bool operator==(const StateCount&) const = default;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Frontend: publishers and despoolctl (DEALER) -> broker (ROUTER), each request answered by
 // exactly one reply carrying the same request id.
 
-struct SubmitRequest { std::vector<Instruction> instructions; };  // one durable ack for all
+// All instructions are acknowledged together, by one durable write.
+struct SubmitRequest {
+  std::vector<Instruction> instructions;
+  bool operator==(const SubmitRequest&) const = default;
+};
 struct StatusRequest {
   std::optional<std::string> job_id;
   std::optional<std::string> package;
   std::optional<std::string> dp;
   std::optional<JobState> state;
   std::uint32_t limit = 1000;         // 0 = all
+  bool operator==(const StatusRequest&) const = default;
 };
-struct WorkersRequest {};
-struct DeadRequest { std::uint32_t limit = 1000; };
-struct RetryRequest { std::string job_id; };
-struct CancelRequest { std::string job_id; };
-struct StatsRequest {};
+struct WorkersRequest {
+  bool operator==(const WorkersRequest&) const = default;
+};
+struct DeadRequest {
+  std::uint32_t limit = 1000;
+  bool operator==(const DeadRequest&) const = default;
+};
+struct RetryRequest {
+  std::string job_id;
+  bool operator==(const RetryRequest&) const = default;
+};
+struct CancelRequest {
+  std::string job_id;
+  bool operator==(const CancelRequest&) const = default;
+};
+struct StatsRequest {
+  bool operator==(const StatsRequest&) const = default;
+};
 struct VerifyRequest {
   std::string dp;
   std::optional<std::string> package;
   bool repair = false;
+  bool operator==(const VerifyRequest&) const = default;
 };
 struct EventsSinceRequest {
   std::uint64_t since = 0;            // events with seq > since
   std::optional<std::string> dp;
   std::optional<std::string> package;
   std::uint32_t limit = 10000;
+  bool operator==(const EventsSinceRequest&) const = default;
 };
 
-struct JobRef { std::string id; std::string dp; };
-struct SubmitReply { std::vector<JobRef> jobs; };   // in instruction order, then DP order
-struct JobsReply { std::vector<JobInfo> jobs; };    // status, dead, retry, cancel, verify
-struct WorkersReply { std::vector<WorkerInfo> workers; };
+struct JobRef {
+  std::string id;
+  std::string dp;
+  bool operator==(const JobRef&) const = default;
+};
+// Jobs in instruction order, then DP order.
+struct SubmitReply {
+  std::vector<JobRef> jobs;
+  bool operator==(const SubmitReply&) const = default;
+};
+// The reply to status, dead, retry, cancel and verify.
+struct JobsReply {
+  std::vector<JobInfo> jobs;
+  bool operator==(const JobsReply&) const = default;
+};
+struct WorkersReply {
+  std::vector<WorkerInfo> workers;
+  bool operator==(const WorkersReply&) const = default;
+};
 struct StatsReply {
   std::vector<StateCount> jobs_by_state;
   std::vector<DpStats> dps;
@@ -165,6 +209,7 @@ struct StatsReply {
   std::optional<std::int64_t> oldest_queued_at_ms;
   std::uint64_t retry_backlog = 0;    // deferred jobs
   std::uint64_t last_event_seq = 0;
+  bool operator==(const StatsReply&) const = default;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +224,7 @@ struct Progress {
   std::uint64_t files_total = 0;
   std::uint64_t bytes_done = 0;
   std::uint64_t bytes_total = 0;
+  bool operator==(const Progress&) const = default;
 };
 
 struct Event {
@@ -187,12 +233,14 @@ struct Event {
   std::int64_t at_ms = 0;
   JobInfo job;                        // the job after the change
   std::optional<Progress> progress;   // progress events
+  bool operator==(const Event&) const = default;
 };
 
 struct EventsReply {
   std::vector<Event> events;
   std::uint64_t oldest_seq = 0;       // oldest retained
   std::uint64_t last_seq = 0;         // newest stored
+  bool operator==(const EventsReply&) const = default;
 };
 
 // Error reply to any request (frontend) or message (backend).
@@ -214,6 +262,7 @@ bool ParseErrorKind(std::string_view s, ErrorKind* out);
 struct ErrorReply {
   ErrorKind kind = ErrorKind::kBadRequest;
   std::string message;
+  bool operator==(const ErrorReply&) const = default;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -226,17 +275,23 @@ struct WorkerMetrics {
   std::uint64_t bytes_linked = 0;
   std::uint64_t inuse_checks = 0;
   std::uint64_t inuse_check_us_total = 0;
+  bool operator==(const WorkerMetrics&) const = default;
 };
 
 struct Register {
   std::string name;
   std::vector<std::string> dps;
   std::uint32_t capacity = 2;
+  bool operator==(const Register&) const = default;
 };
-struct RegisterAck { std::uint32_t heartbeat_interval_ms = 1000; };
+struct RegisterAck {
+  std::uint32_t heartbeat_interval_ms = 1000;
+  bool operator==(const RegisterAck&) const = default;
+};
 struct Heartbeat {
   std::uint32_t running = 0;
   std::optional<WorkerMetrics> metrics;
+  bool operator==(const Heartbeat&) const = default;
 };
 
 // attempt: a token the broker increments on every dispatch of a job; results carry it back and
@@ -252,12 +307,18 @@ struct Dispatch {
   bool force = false;                 // skip the in-use veto (on-exhausted = force)
   bool repair = false;
   bool checksum = false;
+  bool operator==(const Dispatch&) const = default;
 };
-struct CancelJob { std::string job_id; std::uint64_t attempt = 0; };
+struct CancelJob {
+  std::string job_id;
+  std::uint64_t attempt = 0;
+  bool operator==(const CancelJob&) const = default;
+};
 struct ProgressReport {
   std::string job_id;
   std::uint64_t attempt = 0;
   Progress progress;
+  bool operator==(const ProgressReport&) const = default;
 };
 
 enum class Outcome { kApplied, kUpToDate, kDeferred, kRetryableError, kPermanentError, kCancelled, kVerified };
@@ -275,10 +336,22 @@ struct JobResult {
   std::optional<std::string> error;             // errors, cancelled
   std::optional<VerifyReport> report;           // verified
   std::optional<std::uint64_t> installed_version;
+  bool operator==(const JobResult&) const = default;
 };
-struct ResultAck { std::string job_id; std::uint64_t attempt = 0; };
-struct ReleaseHint { std::string job_id; std::uint64_t attempt = 0; };
-struct Disconnect { std::string reason; };
+struct ResultAck {
+  std::string job_id;
+  std::uint64_t attempt = 0;
+  bool operator==(const ResultAck&) const = default;
+};
+struct ReleaseHint {
+  std::string job_id;
+  std::uint64_t attempt = 0;
+  bool operator==(const ReleaseHint&) const = default;
+};
+struct Disconnect {
+  std::string reason;
+  bool operator==(const Disconnect&) const = default;
+};
 
 // ---------------------------------------------------------------------------------------------
 // The envelope: every message on every socket.
@@ -299,6 +372,7 @@ struct Envelope {
   std::uint32_t version = kProtocolVersion;
   std::uint64_t request_id = 0;       // frontend: echoed in the reply; 0 elsewhere
   Body body;
+  bool operator==(const Envelope&) const = default;
 };
 
 // The wire name of a body type ("submit", "status", ...) as PROTOCOL.md lists it.
