@@ -28,6 +28,13 @@ struct InUseReport {
   std::string incomplete_reason;         // what could not be seen, when !complete
 };
 
+// Paths: each rel path is opened component by component below package_dirfd, never following a
+// symlink (so a probe never leaves the package). A path that does not exist (or whose parent
+// is not a directory) is not in use; a path naming a symlink or a non-regular file is not in use
+// either (nothing can hold a symlink itself open; its target is checked under its own path).
+// Paths that are absolute, empty, or contain "." / ".." components are refused
+// (kInvalidArgument).
+
 class InUseProbe {
  public:
   virtual ~InUseProbe() = default;
@@ -51,5 +58,20 @@ std::unique_ptr<InUseProbe> MakeProcProbe(std::string proc_root = "/proc");
 // The default: the lease probe to find what is in use (falling back to the /proc scan when
 // leases are refused), then the /proc scan restricted to the files found in use to name holders.
 std::unique_ptr<InUseProbe> MakeAutoProbe();
+
+// The same, with the two probes supplied (tests inject fakes; a caller may pass a /proc probe on
+// another proc_root). `lease` failing with any error makes it fall back to `proc` for every file.
+std::unique_ptr<InUseProbe> MakeAutoProbe(std::unique_ptr<InUseProbe> lease,
+                                          std::unique_ptr<InUseProbe> proc);
+
+// Lease breaks: while we hold a lease (microseconds: it is released as soon as it is granted),
+// another process opening the file makes the kernel signal us with SIGIO, whose default action
+// terminates the process. A process that uses the lease probe must call this once at start-up,
+// before starting threads: it sets SIGIO's disposition to SIG_IGN (blocking would not do: a
+// pending SIGIO would kill us when unblocked). If SIGIO already has a handler it is left in
+// place (that handler must tolerate lease breaks). Fails only if sigaction fails.
+// Until SIGIO is ignored or handled, the lease probe refuses to run (kFailedPrecondition), so the
+// auto probe falls back to the /proc scan instead of risking the process.
+Status IgnoreLeaseBreakSignal();
 
 }  // namespace despool::workers
