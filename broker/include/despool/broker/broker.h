@@ -1,0 +1,50 @@
+// The broker process: one thread, one event loop owning the frontend ROUTER, the backend
+// ROUTER and the events PUB socket (PROTOCOL.md section 2).
+//
+// Each poll round: read every message available (up to a cap) from both ROUTERs, feed them to
+// the Core, run its timers, commit the round's WriteBatch in ONE transaction (group commit),
+// and only then send replies, dispatches and events. Read-only requests are answered after the
+// commit, so they always see the round's own changes.
+#pragma once
+
+#include <zmq.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "despool/broker/core.h"
+#include "despool/broker/settings.h"
+#include "despool/broker/store.h"
+#include "despool/common/result.h"
+
+namespace despool::broker {
+
+struct BoundEndpoints {
+  std::string frontend;
+  std::string backend;
+  std::string events;
+};
+
+class Broker {
+ public:
+  Broker(BrokerSettings settings, std::unique_ptr<Store> store);
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // Loads the store into the Core and binds the sockets (endpoints may use port '*').
+  Status Start();
+  const BoundEndpoints& endpoints() const { return endpoints_; }
+
+  // Runs until `stop_fd` (a signalfd, a pipe) becomes readable, or a fatal store error.
+  // On stop: nothing new is dispatched, the current round is committed, sockets close.
+  Status Run(int stop_fd);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+  BoundEndpoints endpoints_;
+};
+
+}  // namespace despool::broker

@@ -1,0 +1,96 @@
+// The broker's durable store, behind a small interface so the dispatch and scheduling logic
+// never sees SQL. SQLite (sqlite_store.h) is the embedded default; a shared PostgreSQL backend
+// can implement the same interface.
+//
+// Contract: Commit applies a whole WriteBatch atomically and durably (per the configured sync
+// mode) or not at all. Reads see every committed batch.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "despool/broker/job_record.h"
+#include "despool/common/result.h"
+#include "despool/messages/types.h"
+
+namespace despool::broker {
+
+// Everything one poll round changed, committed in one transaction (group commit).
+struct WriteBatch {
+  std::map<std::string, JobRecord> jobs;       // upserts, last version of each job wins
+  std::vector<AttemptRecord> attempts;
+  std::vector<std::string> new_dps;            // DPs seen for the first time (from workers)
+  std::vector<msg::Event> events;              // state events, seq assigned by the caller
+  std::optional<std::uint64_t> next_job_seq;   // id generator high-water mark
+
+  bool empty() const {
+    return jobs.empty() && attempts.empty() && new_dps.empty() && events.empty() &&
+           !next_job_seq;
+  }
+};
+
+// What the broker needs at start to rebuild its in-memory state.
+struct LoadedState {
+  std::string store_id;                        // random, fixed at creation; prefixes job ids
+  std::uint64_t next_job_seq = 1;
+  std::uint64_t last_event_seq = 0;
+  std::vector<std::string> dps;                // DPs seen (workers), in first-seen order
+  std::vector<JobRecord> active_jobs;          // queued, running, deferred
+};
+
+struct JobFilter {
+  std::optional<std::string> package;
+  std::optional<std::string> dp;
+  std::optional<msg::JobState> state;
+  std::uint32_t limit = 1000;                  // 0 = all
+};
+
+struct EventsPage {
+  std::vector<msg::Event> events;
+  std::uint64_t oldest_seq = 0;                // oldest retained (0 when none)
+  std::uint64_t last_seq = 0;
+};
+
+struct StoreCounts {
+  std::map<msg::JobState, std::uint64_t> by_state;
+  std::optional<std::int64_t> oldest_queued_at_ms;
+  // dp -> (queued, running, deferred)
+  std::map<std::string, std::array<std::uint64_t, 3>> active_by_dp;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  virtual Result<LoadedState> Load() = 0;
+  virtual Status Commit(const WriteBatch& batch) = 0;
+
+  virtual Result<std::optional<JobRecord>> GetJob(const std::string& id) = 0;
+  // Non-terminal jobs and then the most recently updated terminal ones, matching the filter.
+  virtual Result<std::vector<JobRecord>> ListJobs(const JobFilter& filter) = 0;
+  virtual Result<std::vector<AttemptRecord>> History(const std::string& job_id) = 0;
+  virtual Result<EventsPage> EventsSince(std::uint64_t since, std::uint32_t limit,
+                                         const std::optional<std::string>& dp,
+                                         const std::optional<std::string>& package) = 0;
+  virtual Result<StoreCounts> Counts() = 0;
+  // "name = value" lines describing the durability settings in force (for logs and benchmarks).
+  virtual std::vector<std::string> Describe() = 0;
+};
+
+enum class SyncMode { kFull, kNormal };
+
+struct SqliteOptions {
+  SyncMode sync = SyncMode::kFull;             // FULL: fsync on every commit (power-loss safe)
+  std::uint64_t events_retention = 100'000;    // state events kept
+  int busy_timeout_ms = 5000;
+};
+
+// Opens (creating and migrating as needed) the SQLite store at path; ":memory:" for tests.
+Result<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, const SqliteOptions& opts);
+
+}  // namespace despool::broker

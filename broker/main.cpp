@@ -1,0 +1,111 @@
+// despool-broker: durable instruction queue, dispatch to workers, delayed retries, events.
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include "despool/broker/broker.h"
+#include "despool/broker/settings.h"
+#include "despool/broker/store.h"
+#include "despool/common/cli.h"
+#include "despool/common/logging.h"
+
+namespace {
+
+// Blocks SIGTERM/SIGINT in every thread (ZeroMQ's I/O threads inherit the mask when the
+// context is created later) and returns a signalfd the loop polls: a clean stop without a
+// signal handler or global state.
+int MakeStopFd() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return -1;
+  return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace despool;
+  CLI::App app{"despool broker: durable queue, dispatch, delayed retries, events", "despool-broker"};
+  CommonOptions common;
+  AddCommonOptions(app, common);
+  broker::BrokerSettings defaults;
+  std::string frontend = defaults.frontend, backend = defaults.backend, events = defaults.events;
+  std::string store = defaults.store_path, endpoints_file;
+  bool sync_normal = false;
+  auto* frontend_opt = app.add_option("--frontend", frontend, "Frontend ROUTER endpoint (publishers, despoolctl)")
+                           ->type_name("EP")->default_str(defaults.frontend);
+  auto* backend_opt = app.add_option("--backend", backend, "Backend ROUTER endpoint (workers)")
+                          ->type_name("EP")->default_str(defaults.backend);
+  auto* events_opt = app.add_option("--events", events, "Events PUB endpoint")
+                         ->type_name("EP")->default_str(defaults.events);
+  auto* store_opt = app.add_option("--store", store, "SQLite store path (parent directories are created)")
+                        ->type_name("PATH")->default_str(defaults.store_path);
+  auto* endpoints_opt = app.add_option("--endpoints-file", endpoints_file,
+                                       "Write the bound endpoints (frontend=, backend=, events=) to FILE "
+                                       "once listening (useful with tcp://127.0.0.1:* ports)")
+                            ->type_name("FILE");
+  auto* sync_opt = app.add_flag("--sync-normal", sync_normal,
+                                "SQLite synchronous=NORMAL: survives a process crash, not a power loss "
+                                "(default FULL)");
+
+  return RunCli(app, argc, argv, [&]() -> int {
+    broker::BrokerSettings settings;
+    if (!common.config_path.empty()) {
+      if (Status st = broker::LoadBrokerConfig(common.config_path, settings); !st.ok()) {
+        std::cerr << "despool-broker: " << st.error().message << "\n";
+        return kExitUsage;
+      }
+    }
+    OverrideFromFlag(frontend_opt, frontend, settings.frontend);
+    OverrideFromFlag(backend_opt, backend, settings.backend);
+    OverrideFromFlag(events_opt, events, settings.events);
+    OverrideFromFlag(store_opt, store, settings.store_path);
+    OverrideFromFlag(endpoints_opt, endpoints_file, settings.endpoints_file);
+    if (GivenOnCommandLine(sync_opt) && sync_normal) settings.store.sync = broker::SyncMode::kNormal;
+
+    auto log_options = ResolveLogOptions(common, settings.log_level, settings.log_format);
+    if (!log_options.ok()) {
+      std::cerr << "despool-broker: " << log_options.error().message << "\n";
+      return kExitUsage;
+    }
+    if (Status st = SetupLogging(*log_options); !st.ok()) {
+      std::cerr << "despool-broker: " << st.error().message << "\n";
+      return kExitError;
+    }
+    auto log = GetLogger("broker");
+
+    const int stop_fd = MakeStopFd();
+    if (stop_fd < 0) {
+      log->error("cannot set up signal handling");
+      return kExitError;
+    }
+    auto opened = broker::OpenSqliteStore(settings.store_path, settings.store);
+    if (!opened.ok()) {
+      log->error("cannot open store path={} error={}", LogQuote(settings.store_path),
+                 LogQuote(opened.error().message));
+      std::cerr << "despool-broker: cannot open store " << settings.store_path << ": "
+                << opened.error().message << "\n";
+      ::close(stop_fd);
+      return kExitError;
+    }
+    int rc = kExitOk;
+    {
+      broker::Broker b(settings, std::move(opened).value());
+      if (Status st = b.Start(); !st.ok()) {
+        log->error("cannot start error={}", LogQuote(st.error().message));
+        std::cerr << "despool-broker: " << st.error().message << "\n";
+        rc = kExitError;
+      } else if (Status run = b.Run(stop_fd); !run.ok()) {
+        log->error("stopped on error error={}", LogQuote(run.error().message));
+        std::cerr << "despool-broker: " << run.error().message << "\n";
+        rc = kExitError;
+      }
+    }
+    ::close(stop_fd);
+    return rc;
+  });
+}

@@ -1,0 +1,389 @@
+#include "despool/broker/broker.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "despool/common/logging.h"
+#include "despool/common/time.h"
+#include "despool/messages/codec.h"
+#include "despool/messages/topics.h"
+#include "queries.h"
+
+namespace despool::broker {
+namespace {
+
+using msg::Body;
+using msg::Envelope;
+using msg::ErrorKind;
+
+bool IsFrontendMutation(const Body& b) {
+  return std::holds_alternative<msg::SubmitRequest>(b) || std::holds_alternative<msg::RetryRequest>(b) ||
+         std::holds_alternative<msg::CancelRequest>(b) || std::holds_alternative<msg::VerifyRequest>(b);
+}
+
+bool IsFrontendQuery(const Body& b) {
+  return std::holds_alternative<msg::StatusRequest>(b) || std::holds_alternative<msg::WorkersRequest>(b) ||
+         std::holds_alternative<msg::DeadRequest>(b) || std::holds_alternative<msg::StatsRequest>(b) ||
+         std::holds_alternative<msg::EventsSinceRequest>(b);
+}
+
+bool IsWorkerMessage(const Body& b) {
+  return std::holds_alternative<msg::Register>(b) || std::holds_alternative<msg::Heartbeat>(b) ||
+         std::holds_alternative<msg::ProgressReport>(b) || std::holds_alternative<msg::JobResult>(b) ||
+         std::holds_alternative<msg::ReleaseHint>(b) || std::holds_alternative<msg::Disconnect>(b);
+}
+
+std::string Printable(std::string_view id) {
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned char c : id.substr(0, 16)) {
+    s += hex[c >> 4];
+    s += hex[c & 15];
+  }
+  return s;
+}
+
+}  // namespace
+
+class Broker::Impl {
+ public:
+  Impl(BrokerSettings settings, std::unique_ptr<Store> store)
+      : s_(std::move(settings)),
+        store_(std::move(store)),
+        log_(GetLogger("broker")),
+        ctx_(1),
+        frontend_(ctx_, zmq::socket_type::router),
+        backend_(ctx_, zmq::socket_type::router),
+        pub_(ctx_, zmq::socket_type::pub) {
+    limits_.max_frame_bytes = s_.max_frame_bytes;
+  }
+
+  ~Impl() {
+    frontend_.close();
+    backend_.close();
+    pub_.close();
+  }
+
+  Status Start(BoundEndpoints& out) {
+    auto loaded = store_->Load();
+    if (!loaded.ok()) return loaded.take_error();
+    const std::size_t active = loaded->active_jobs.size();
+    core_ = std::make_unique<Core>(s_.core, store_.get());
+    core_->Recover(std::move(loaded.value()), NowMs());
+    // Config DPs are known without being persisted; the Core queued nothing to commit, but a
+    // defensive commit keeps memory and store aligned if it ever does.
+    if (Status st = store_->Commit(core_->TakeBatch()); !st.ok()) return st;
+    for (const auto& line : store_->Describe()) log_->info("store pragma {}", line);
+    log_->info("store loaded path={} active_jobs={} last_event_seq={}", LogQuote(s_.store_path), active,
+               core_->LastEventSeq());
+    try {
+      for (auto* sock : {&frontend_, &backend_}) {
+        sock->set(zmq::sockopt::router_mandatory, 1);
+        sock->set(zmq::sockopt::linger, 0);
+        sock->set(zmq::sockopt::maxmsgsize, s_.max_message_bytes);
+      }
+      frontend_.set(zmq::sockopt::sndhwm, s_.frontend_hwm);
+      frontend_.set(zmq::sockopt::rcvhwm, s_.frontend_hwm);
+      backend_.set(zmq::sockopt::sndhwm, s_.backend_hwm);
+      backend_.set(zmq::sockopt::rcvhwm, s_.backend_hwm);
+      backend_.set(zmq::sockopt::router_handover, 1);
+      pub_.set(zmq::sockopt::linger, 0);
+      pub_.set(zmq::sockopt::sndhwm, s_.events_hwm);
+      pub_.set(zmq::sockopt::maxmsgsize, s_.max_message_bytes);
+      frontend_.bind(s_.frontend);
+      backend_.bind(s_.backend);
+      pub_.bind(s_.events);
+      out.frontend = frontend_.get(zmq::sockopt::last_endpoint);
+      out.backend = backend_.get(zmq::sockopt::last_endpoint);
+      out.events = pub_.get(zmq::sockopt::last_endpoint);
+    } catch (const zmq::error_t& e) {
+      return MakeError(ErrorCode::kUnavailable, std::string("bind: ") + e.what());
+    }
+    log_->info("listening frontend={} backend={} events={}", out.frontend, out.backend, out.events);
+    if (!s_.endpoints_file.empty()) {
+      const std::string tmp = s_.endpoints_file + ".tmp";
+      {
+        std::ofstream f(tmp, std::ios::trunc);
+        f << "frontend=" << out.frontend << "\nbackend=" << out.backend << "\nevents=" << out.events << "\n";
+        if (!f.good()) return MakeError(ErrorCode::kIo, "write endpoints file " + tmp);
+      }
+      std::error_code ec;
+      std::filesystem::rename(tmp, s_.endpoints_file, ec);
+      if (ec) return MakeError(ErrorCode::kIo, "rename endpoints file: " + ec.message());
+    }
+    return Status::Ok();
+  }
+
+  Status Run(int stop_fd) {
+    bool stopping = false;
+    std::vector<zmq_pollitem_t> items(3);
+    while (!stopping) {
+      std::int64_t now = NowMs();
+      std::int64_t timeout = 1000;
+      if (auto d = core_->NextDeadline()) timeout = std::clamp<std::int64_t>(*d - now, 0, 1000);
+      items[0] = {frontend_.handle(), 0, ZMQ_POLLIN, 0};
+      items[1] = {backend_.handle(), 0, ZMQ_POLLIN, 0};
+      items[2] = {nullptr, stop_fd, ZMQ_POLLIN, 0};
+      try {
+        zmq::poll(items, std::chrono::milliseconds(timeout));
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;
+        return MakeError(ErrorCode::kInternal, std::string("poll: ") + e.what());
+      }
+      if (items[2].revents & ZMQ_POLLIN) {
+        stopping = true;
+        log_->info("stop requested: finishing the current round");
+        core_->SetDraining(true);
+      }
+      now = NowMs();
+      std::size_t handled = 0;
+      bool more = true;
+      while (more && handled < s_.max_round_messages) {
+        more = false;
+        if (ReadOne(frontend_, true, now)) {
+          more = true;
+          ++handled;
+        }
+        if (ReadOne(backend_, false, now)) {
+          more = true;
+          ++handled;
+        }
+      }
+      core_->Tick(now);
+      DESPOOL_RETURN_IF_ERROR(Flush());
+    }
+    // Tell workers we are going; they reconnect and re-register with the next broker.
+    for (const auto& peer : worker_peers_) SendEnvelope(backend_, peer, Envelope{msg::kProtocolVersion, 0, msg::Disconnect{"broker shutting down"}});
+    log_->info("stopped cleanly");
+    return Status::Ok();
+  }
+
+ private:
+  struct Pending {
+    bool frontend = true;
+    std::string peer;
+    std::uint64_t request_id = 0;
+    Body body;
+  };
+
+  // Reads one message from a ROUTER. False when none is waiting.
+  bool ReadOne(zmq::socket_t& sock, bool is_frontend, std::int64_t now) {
+    std::vector<zmq::message_t> frames;
+    zmq::message_t first;
+    std::optional<std::size_t> got;
+    try {
+      got = sock.recv(first, zmq::recv_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) log_->warn("recv failed error={}", LogQuote(e.what()));
+      return false;
+    }
+    if (!got) return false;
+    bool more = first.more();
+    frames.push_back(std::move(first));
+    std::size_t count = 1;
+    while (more) {
+      zmq::message_t part;
+      try {
+        if (!sock.recv(part, zmq::recv_flags::none)) break;
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;
+        break;
+      }
+      more = part.more();
+      ++count;
+      if (count <= s_.max_frames) frames.push_back(std::move(part));
+    }
+    const std::string peer = frames[0].to_string();
+    const char* side = is_frontend ? "frontend" : "backend";
+    if (count > s_.max_frames) {
+      // PROTOCOL.md 5: no reply, and that peer's connection is dropped. ZeroMQ gives no API to
+      // close one ROUTER peer, so shut down the TCP/IPC connection it came in on: ZeroMQ sees it
+      // close and forgets the peer; everyone else is unaffected.
+      const int fd = frames[0].get(ZMQ_SRCFD);
+      log_->warn("dropping peer: too many frames side={} peer={} frames={}", side, Printable(peer), count);
+      if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+      if (!is_frontend) core_->OnWorkerMessage(peer, msg::Disconnect{"dropped: too many frames"}, now);
+      return true;
+    }
+    if (frames.size() != 2) {
+      SendError(sock, peer, 0, ErrorKind::kBadRequest,
+                "expected 1 frame (the envelope) after the routing id, got " + std::to_string(frames.size() - 1));
+      return true;
+    }
+    const zmq::message_t& payload = frames[1];
+    if (payload.size() > s_.max_frame_bytes) {
+      SendError(sock, peer, 0, ErrorKind::kTooLarge,
+                "frame of " + std::to_string(payload.size()) + " bytes exceeds the limit of " +
+                    std::to_string(s_.max_frame_bytes) + " bytes");
+      return true;
+    }
+    auto decoded = msg::Decode(std::string_view(static_cast<const char*>(payload.data()), payload.size()), limits_);
+    if (!decoded.ok()) {
+      log_->debug("undecodable message side={} peer={} error={}", side, Printable(peer),
+                  LogQuote(decoded.error().message));
+      SendRaw(sock, peer, msg::EncodeError(decoded.error()));
+      return true;
+    }
+    Envelope& env = decoded.value();
+    if (std::holds_alternative<msg::ErrorReply>(env.body)) {
+      log_->warn("error from peer side={} peer={} message={}", side, Printable(peer),
+                 LogQuote(std::get<msg::ErrorReply>(env.body).message));
+      return true;
+    }
+    if (is_frontend) {
+      HandleFrontend(peer, env, now);
+    } else {
+      HandleBackend(peer, env, now);
+    }
+    return true;
+  }
+
+  void HandleFrontend(const std::string& peer, Envelope& env, std::int64_t now) {
+    Body& b = env.body;
+    if (IsFrontendMutation(b)) {
+      Body reply;
+      if (auto* r = std::get_if<msg::SubmitRequest>(&b)) {
+        reply = core_->Submit(*r, now);
+      } else if (auto* r2 = std::get_if<msg::RetryRequest>(&b)) {
+        reply = core_->Retry(*r2, now);
+      } else if (auto* r3 = std::get_if<msg::CancelRequest>(&b)) {
+        reply = core_->Cancel(*r3, now);
+      } else if (auto* r4 = std::get_if<msg::VerifyRequest>(&b)) {
+        reply = core_->Verify(*r4, now);
+      }
+      // Sent after the round's commit: a publisher gets its ids only once they are durable.
+      pending_.push_back({true, peer, env.request_id, std::move(reply)});
+      return;
+    }
+    if (IsFrontendQuery(b)) {
+      queries_.push_back({true, peer, env.request_id, std::move(b)});
+      return;
+    }
+    SendError(frontend_, peer, env.request_id, ErrorKind::kUnknownType,
+              std::string("'") + msg::TypeName(b) + "' is not a frontend request");
+  }
+
+  void HandleBackend(const std::string& peer, Envelope& env, std::int64_t now) {
+    if (!IsWorkerMessage(env.body)) {
+      SendError(backend_, peer, 0, ErrorKind::kUnknownType,
+                std::string("'") + msg::TypeName(env.body) + "' is not a worker message");
+      return;
+    }
+    if (auto* reg = std::get_if<msg::Register>(&env.body)) {
+      log_->info("worker registered worker={} dps={} capacity={}", LogQuote(reg->name), reg->dps.size(),
+                 reg->capacity);
+      worker_peers_.insert(peer);
+    }
+    if (std::holds_alternative<msg::Disconnect>(env.body)) worker_peers_.erase(peer);
+    core_->OnWorkerMessage(peer, std::move(env.body), now);
+  }
+
+  // Commits the round, then sends everything that waited for it.
+  Status Flush() {
+    WriteBatch batch = core_->TakeBatch();
+    if (!batch.empty()) {
+      Status st = store_->Commit(batch);
+      if (!st.ok()) {
+        // Memory is ahead of the store now: refuse what waited and stop; a restart reloads the
+        // last committed state (nothing acknowledged is lost, nothing unstored was promised).
+        log_->error("store commit failed, stopping error={}", LogQuote(st.error().message));
+        for (auto& p : pending_) {
+          SendError(frontend_, p.peer, p.request_id, ErrorKind::kUnavailable,
+                    "store failure: " + st.error().message);
+        }
+        pending_.clear();
+        return st;
+      }
+    }
+    for (auto& p : pending_) SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
+    pending_.clear();
+    for (auto& q : queries_) {
+      Body reply = AnswerQuery(q.body, *store_, *core_, s_);
+      SendEnvelope(frontend_, q.peer, Envelope{msg::kProtocolVersion, q.request_id, std::move(reply)});
+    }
+    queries_.clear();
+    for (auto& out : core_->TakeWorkerOutbox()) {
+      if (std::holds_alternative<msg::Disconnect>(out.body)) worker_peers_.erase(out.peer);
+      SendEnvelope(backend_, out.peer, Envelope{msg::kProtocolVersion, 0, std::move(out.body)});
+    }
+    for (auto& e : core_->TakeEvents()) {
+      if (e.kind == msg::EventKind::kState && log_->should_log(spdlog::level::debug)) {
+        log_->debug("job state seq={} job={} dp={} package={} version={} state={}", e.seq, e.job.id, e.job.dp,
+                    LogQuote(e.job.package), e.job.version, msg::ToString(e.job.state));
+      }
+      const std::string topic = msg::TopicFor(e.job.dp, e.job.package);
+      const std::string payload = msg::Encode(Envelope{msg::kProtocolVersion, 0, std::move(e)});
+      try {
+        pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+        pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+      } catch (const zmq::error_t& err) {
+        log_->warn("publish failed error={}", LogQuote(err.what()));
+      }
+    }
+    return Status::Ok();
+  }
+
+  void SendError(zmq::socket_t& sock, const std::string& peer, std::uint64_t request_id, ErrorKind kind,
+                 std::string message) {
+    log_->debug("error reply peer={} kind={} message={}", Printable(peer), msg::ToString(kind), LogQuote(message));
+    SendEnvelope(sock, peer, msg::ErrorEnvelope(request_id, kind, std::move(message)));
+  }
+
+  void SendEnvelope(zmq::socket_t& sock, const std::string& peer, Envelope env) {
+    std::string payload = msg::Encode(env);
+    if (payload.size() > s_.max_frame_bytes) {
+      if (auto* jobs = std::get_if<msg::JobsReply>(&env.body)) {
+        // Cut long listings to what fits the application limit.
+        while (payload.size() > s_.max_frame_bytes && !jobs->jobs.empty()) {
+          jobs->jobs.resize(jobs->jobs.size() / 2);
+          payload = msg::Encode(env);
+        }
+      }
+    }
+    SendRaw(sock, peer, payload);
+  }
+
+  void SendRaw(zmq::socket_t& sock, const std::string& peer, const std::string& payload) {
+    try {
+      if (!sock.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        log_->warn("send dropped (peer queue full) peer={}", Printable(peer));
+        return;
+      }
+      sock.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      // EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); liveness handles workers.
+      log_->debug("send failed peer={} error={}", Printable(peer), LogQuote(e.what()));
+    }
+  }
+
+  BrokerSettings s_;
+  std::unique_ptr<Store> store_;
+  std::shared_ptr<spdlog::logger> log_;
+  msg::DecodeLimits limits_;
+  std::unique_ptr<Core> core_;
+  zmq::context_t ctx_;
+  zmq::socket_t frontend_;
+  zmq::socket_t backend_;
+  zmq::socket_t pub_;
+  std::vector<Pending> pending_;
+  std::vector<Pending> queries_;
+  std::set<std::string> worker_peers_;
+};
+
+Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store)
+    : impl_(std::make_unique<Impl>(std::move(settings), std::move(store))) {}
+
+Broker::~Broker() = default;
+
+Status Broker::Start() { return impl_->Start(endpoints_); }
+
+Status Broker::Run(int stop_fd) { return impl_->Run(stop_fd); }
+
+}  // namespace despool::broker

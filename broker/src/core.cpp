@@ -1,0 +1,805 @@
+#include "despool/broker/core.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "despool/broker/backoff.h"
+#include "despool/common/names.h"
+
+namespace despool::broker {
+namespace {
+
+using msg::JobState;
+
+std::string Join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& e : v) {
+    if (!s.empty()) s += ", ";
+    s += e;
+  }
+  return s;
+}
+
+}  // namespace
+
+Core::Core(CoreOptions options, Store* store)
+    : opts_(std::move(options)),
+      store_(store),
+      rng_(opts_.rng_seed != 0 ? opts_.rng_seed : std::random_device{}()) {
+  if (opts_.orphan_grace_ms <= 0) {
+    opts_.orphan_grace_ms = 2 * static_cast<std::int64_t>(opts_.liveness) * opts_.heartbeat_interval_ms;
+  }
+  for (const auto& dp : opts_.dps) NoteDp(dp);
+  for (const auto& [group, members] : opts_.dp_groups) {
+    for (const auto& dp : members) NoteDp(dp);
+  }
+  batch_.new_dps.clear();  // config DPs are not persisted as "seen"
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+void Core::Recover(LoadedState st, std::int64_t now_ms) {
+  if (!st.store_id.empty()) store_id_ = st.store_id;
+  next_job_seq_ = std::max(next_job_seq_, st.next_job_seq);
+  last_event_seq_ = std::max(last_event_seq_, st.last_event_seq);
+  for (const auto& dp : st.dps) {
+    if (known_dp_set_.insert(dp).second) known_dps_.push_back(dp);
+  }
+  for (auto& job : st.active_jobs) {
+    next_job_seq_ = std::max(next_job_seq_, job.seq + 1);
+    const std::string id = job.info.id;
+    const LaneKey key = KeyOf(job);
+    auto [it, inserted] = active_.emplace(id, std::move(job));
+    if (!inserted) continue;
+    JobRecord& r = it->second;
+    switch (r.info.state) {
+      case JobState::kQueued:
+        lanes_[key].pending.insert(id);
+        ready_order_[id] = ++ready_counter_;
+        ready_[r.info.dp].insert({ready_counter_, id});
+        break;
+      case JobState::kDeferred:
+        lanes_[key].pending.insert(id);
+        due_.push({r.info.next_attempt_at_ms.value_or(now_ms), id});
+        break;
+      case JobState::kRunning:
+        // Its worker may still finish it and resend the result; give it time to reconnect.
+        lanes_[key].running = id;
+        orphans_[id] = now_ms + opts_.orphan_grace_ms;
+        break;
+      default:
+        break;
+    }
+  }
+  dispatch_dirty_ = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+bool Core::IsKnownDp(const std::string& dp) const { return known_dp_set_.count(dp) != 0; }
+
+void Core::NoteDp(const std::string& dp) {
+  if (known_dp_set_.insert(dp).second) {
+    known_dps_.push_back(dp);
+    batch_.new_dps.push_back(dp);
+  }
+}
+
+msg::ErrorReply Core::Err(msg::ErrorKind kind, std::string message) const {
+  return msg::ErrorReply{kind, std::move(message)};
+}
+
+std::string Core::NewJobId() {
+  const std::uint64_t seq = next_job_seq_++;
+  batch_.next_job_seq = next_job_seq_;
+  return store_id_ + "-" + std::to_string(seq);
+}
+
+void Core::Emit(JobRecord& r, std::int64_t now_ms) {
+  r.info.updated_at_ms = now_ms;
+  batch_.jobs[r.info.id] = r;
+  msg::Event e;
+  e.kind = msg::EventKind::kState;
+  e.seq = ++last_event_seq_;
+  e.at_ms = now_ms;
+  e.job = r.info;
+  batch_.events.push_back(e);
+  events_.push_back(std::move(e));
+}
+
+void Core::Unready(const std::string& id) {
+  auto it = ready_order_.find(id);
+  if (it == ready_order_.end()) return;
+  auto a = active_.find(id);
+  if (a != active_.end()) {
+    auto q = ready_.find(a->second.info.dp);
+    if (q != ready_.end()) {
+      q->second.erase({it->second, id});
+      if (q->second.empty()) ready_.erase(q);
+    }
+  }
+  ready_order_.erase(it);
+}
+
+void Core::Enqueue(JobRecord& r, std::int64_t now_ms) {
+  r.info.state = JobState::kQueued;
+  r.info.next_attempt_at_ms.reset();
+  r.info.worker.reset();
+  Unready(r.info.id);
+  ready_order_[r.info.id] = ++ready_counter_;
+  ready_[r.info.dp].insert({ready_counter_, r.info.id});
+  lanes_[KeyOf(r)].pending.insert(r.info.id);
+  dispatch_dirty_ = true;
+  Emit(r, now_ms);
+}
+
+void Core::Defer(JobRecord& r, std::int64_t due_ms, std::int64_t now_ms) {
+  r.info.state = JobState::kDeferred;
+  r.info.next_attempt_at_ms = due_ms;
+  r.info.worker.reset();
+  Unready(r.info.id);
+  lanes_[KeyOf(r)].pending.insert(r.info.id);
+  due_.push({due_ms, r.info.id});
+  Emit(r, now_ms);
+}
+
+void Core::ReleaseRunning(JobRecord& r) {
+  const std::string& id = r.info.id;
+  auto lane = lanes_.find(KeyOf(r));
+  if (lane != lanes_.end() && lane->second.running == id) lane->second.running.clear();
+  auto p = running_peer_.find(id);
+  if (p != running_peer_.end()) {
+    auto w = workers_.find(p->second);
+    if (w != workers_.end()) w->second.running.erase(id);
+    running_peer_.erase(p);
+  }
+  orphans_.erase(id);
+  dispatch_dirty_ = true;
+}
+
+// Ends a job in a terminal state and drops it from memory (the batch keeps the final row).
+void Core::Finish(const std::string& id, JobState state, std::int64_t now_ms) {
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  JobRecord& r = it->second;
+  if (r.info.state == JobState::kRunning) ReleaseRunning(r);
+  Unready(id);
+  const LaneKey key = KeyOf(r);
+  auto lane = lanes_.find(key);
+  if (lane != lanes_.end()) {
+    lane->second.pending.erase(id);
+    if (lane->second.running.empty() && lane->second.pending.empty()) lanes_.erase(lane);
+  }
+  r.info.state = state;
+  r.info.next_attempt_at_ms.reset();
+  r.cancel_reason = CancelReason::kNone;
+  r.force_next = false;
+  Emit(r, now_ms);
+  active_.erase(it);
+}
+
+void Core::SendToWorker(const std::string& peer, msg::Body body) {
+  outbox_.push_back(ToWorker{peer, std::move(body)});
+}
+
+void Core::SendCancel(JobRecord& r) {
+  auto p = running_peer_.find(r.info.id);
+  if (p == running_peer_.end()) return;  // orphan: its worker is not connected
+  SendToWorker(p->second, msg::CancelJob{r.info.id, r.attempt_token});
+}
+
+std::optional<JobRecord> Core::LookupInactive(const std::string& id) {
+  auto b = batch_.jobs.find(id);
+  if (b != batch_.jobs.end()) return b->second;
+  if (store_ == nullptr) return std::nullopt;
+  auto r = store_->GetJob(id);
+  if (!r.ok()) return std::nullopt;
+  return *r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission and superseding
+
+void Core::Admit(JobRecord job, std::int64_t now_ms) {
+  const std::string id = job.info.id;
+  const LaneKey key = KeyOf(job);
+  if (job.info.kind == msg::JobKind::kRefresh) {
+    Lane& lane = lanes_[key];
+    // Something newer already pending or running: this one is obsolete from the start.
+    bool obsolete = false;
+    for (const auto& pid : lane.pending) {
+      const JobRecord& p = active_.at(pid);
+      if (p.info.kind == msg::JobKind::kRefresh && p.info.version > job.info.version) obsolete = true;
+    }
+    if (!lane.running.empty()) {
+      const JobRecord& run = active_.at(lane.running);
+      if (run.info.kind == msg::JobKind::kRefresh && run.info.version > job.info.version &&
+          run.cancel_reason != CancelReason::kOperator) {
+        obsolete = true;
+      }
+    }
+    if (obsolete) {
+      job.info.state = JobState::kSuperseded;
+      active_.emplace(id, std::move(job));
+      Finish(id, JobState::kSuperseded, now_ms);
+      return;
+    }
+    std::vector<std::string> replaced;
+    for (const auto& pid : lane.pending) {
+      const JobRecord& p = active_.at(pid);
+      if (p.info.kind == msg::JobKind::kRefresh && p.info.version <= job.info.version) replaced.push_back(pid);
+    }
+    for (const auto& pid : replaced) Finish(pid, JobState::kSuperseded, now_ms);
+    Lane& lane2 = lanes_[key];  // Finish may have erased and re-created nothing; re-lookup
+    if (!lane2.running.empty()) {
+      JobRecord& run = active_.at(lane2.running);
+      if (run.info.kind == msg::JobKind::kRefresh && run.info.version < job.info.version &&
+          run.cancel_reason == CancelReason::kNone) {
+        run.cancel_reason = CancelReason::kSuperseded;
+        batch_.jobs[run.info.id] = run;  // persist the pending cancel (no state change)
+        SendCancel(run);
+      }
+    }
+  }
+  auto [it, inserted] = active_.emplace(id, std::move(job));
+  (void)inserted;
+  Enqueue(it->second, now_ms);
+}
+
+msg::Body Core::Submit(const msg::SubmitRequest& req, std::int64_t now_ms) {
+  if (req.instructions.empty()) return Err(msg::ErrorKind::kBadRequest, "submit carries no instruction");
+  struct Planned {
+    const msg::Instruction* in;
+    ResolvedPolicy policy;
+    std::vector<std::string> dps;
+  };
+  std::vector<Planned> plan;
+  std::vector<std::string> unknown;
+  for (const auto& in : req.instructions) {
+    Planned p{&in, {}, {}};
+    if (in.kind == msg::JobKind::kRefresh || !in.package.empty()) {
+      if (auto st = ValidatePackageId(in.package); !st.ok()) {
+        return Err(msg::ErrorKind::kBadRequest, st.error().message);
+      }
+    }
+    if (in.kind == msg::JobKind::kRefresh) {
+      if (auto st = ValidateVersion(in.version); !st.ok()) return Err(msg::ErrorKind::kBadRequest, st.error().message);
+      if (auto st = ValidateSourcePath(in.source); !st.ok()) return Err(msg::ErrorKind::kBadRequest, st.error().message);
+    }
+    std::string perr;
+    if (!ResolvePolicy(in.policy, opts_.default_policy, &p.policy, &perr)) {
+      return Err(msg::ErrorKind::kBadRequest, perr);
+    }
+    auto add = [&](const std::string& dp) {
+      if (std::find(p.dps.begin(), p.dps.end(), dp) == p.dps.end()) p.dps.push_back(dp);
+    };
+    for (const auto& dp : in.dps) {
+      if (auto st = ValidateDpName(dp); !st.ok()) return Err(msg::ErrorKind::kBadRequest, st.error().message);
+      if (!IsKnownDp(dp)) {
+        if (std::find(unknown.begin(), unknown.end(), dp) == unknown.end()) unknown.push_back(dp);
+        continue;
+      }
+      add(dp);
+    }
+    for (const auto& g : in.dp_groups) {
+      auto it = opts_.dp_groups.find(g);
+      if (it == opts_.dp_groups.end()) {
+        std::string name = "group " + g;
+        if (std::find(unknown.begin(), unknown.end(), name) == unknown.end()) unknown.push_back(name);
+        continue;
+      }
+      for (const auto& dp : it->second) add(dp);
+    }
+    if (p.dps.empty() && unknown.empty()) {
+      return Err(msg::ErrorKind::kBadRequest, "instruction names no DP (give --dp or --dp-group)");
+    }
+    plan.push_back(std::move(p));
+  }
+  if (!unknown.empty()) {
+    return Err(msg::ErrorKind::kUnknownDp, "unknown DP" + std::string(unknown.size() > 1 ? "s" : "") + ": " +
+                                               Join(unknown) + " (known: " + Join(known_dps_) + ")");
+  }
+  msg::SubmitReply reply;
+  for (const auto& p : plan) {
+    for (const auto& dp : p.dps) {
+      JobRecord r;
+      r.info.id = NewJobId();
+      r.seq = next_job_seq_ - 1;
+      r.info.kind = p.in->kind;
+      r.info.package = p.in->package;
+      r.info.version = p.in->kind == msg::JobKind::kRefresh ? p.in->version : 0;
+      r.info.source = p.in->source;
+      r.info.dp = dp;
+      r.info.max_attempts = p.policy.max_attempts;
+      r.info.created_at_ms = now_ms;
+      r.policy = p.policy;
+      r.repair = p.in->repair;
+      r.checksum = p.in->checksum;
+      reply.jobs.push_back({r.info.id, dp});
+      Admit(std::move(r), now_ms);
+    }
+  }
+  return reply;
+}
+
+msg::Body Core::Verify(const msg::VerifyRequest& req, std::int64_t now_ms) {
+  if (auto st = ValidateDpName(req.dp); !st.ok()) return Err(msg::ErrorKind::kBadRequest, st.error().message);
+  if (!IsKnownDp(req.dp)) {
+    return Err(msg::ErrorKind::kUnknownDp, "unknown DP: " + req.dp + " (known: " + Join(known_dps_) + ")");
+  }
+  if (req.package) {
+    if (auto st = ValidatePackageId(*req.package); !st.ok()) {
+      return Err(msg::ErrorKind::kBadRequest, st.error().message);
+    }
+  }
+  JobRecord r;
+  r.info.id = NewJobId();
+  r.seq = next_job_seq_ - 1;
+  r.info.kind = msg::JobKind::kVerify;
+  r.info.package = req.package.value_or("");
+  r.info.dp = req.dp;
+  r.info.created_at_ms = now_ms;
+  r.policy = opts_.default_policy;
+  r.info.max_attempts = r.policy.max_attempts;
+  r.repair = req.repair;
+  const std::string id = r.info.id;
+  Admit(std::move(r), now_ms);
+  msg::JobsReply reply;
+  reply.jobs.push_back(batch_.jobs.at(id).info);
+  return reply;
+}
+
+msg::Body Core::Retry(const msg::RetryRequest& req, std::int64_t now_ms) {
+  if (auto it = active_.find(req.job_id); it != active_.end()) {
+    return Err(msg::ErrorKind::kConflict, "job " + req.job_id + " is " + msg::ToString(it->second.info.state) +
+                                              "; only dead jobs can be retried");
+  }
+  auto found = LookupInactive(req.job_id);
+  if (!found) return Err(msg::ErrorKind::kNotFound, "unknown job id " + req.job_id);
+  if (found->info.state != JobState::kDead) {
+    return Err(msg::ErrorKind::kConflict, "job " + req.job_id + " is " + msg::ToString(found->info.state) +
+                                              "; only dead jobs can be retried");
+  }
+  JobRecord r = std::move(*found);
+  r.info.attempts = 0;
+  r.force_next = false;
+  r.forced_running = false;
+  r.cancel_reason = CancelReason::kNone;
+  r.released_step = 0;
+  r.info.in_use.clear();
+  r.info.holders.clear();
+  r.info.worker.reset();
+  Admit(std::move(r), now_ms);
+  msg::JobsReply reply;
+  reply.jobs.push_back(batch_.jobs.at(req.job_id).info);
+  return reply;
+}
+
+msg::Body Core::Cancel(const msg::CancelRequest& req, std::int64_t now_ms) {
+  auto it = active_.find(req.job_id);
+  if (it == active_.end()) {
+    auto found = LookupInactive(req.job_id);
+    if (!found) return Err(msg::ErrorKind::kNotFound, "unknown job id " + req.job_id);
+    return Err(msg::ErrorKind::kConflict,
+               "job " + req.job_id + " already ended " + msg::ToString(found->info.state));
+  }
+  JobRecord& r = it->second;
+  msg::JobsReply reply;
+  if (r.info.state == JobState::kRunning) {
+    // The worker decides: it ends cancelled, or applied if its switch already happened.
+    r.cancel_reason = CancelReason::kOperator;
+    batch_.jobs[r.info.id] = r;
+    SendCancel(r);
+    reply.jobs.push_back(r.info);
+    if (running_peer_.count(r.info.id) == 0) {
+      // Orphan (no connected worker holds it): nothing can still apply it from our side.
+      Finish(req.job_id, JobState::kCancelled, now_ms);
+      reply.jobs.back() = batch_.jobs.at(req.job_id).info;
+    }
+    return reply;
+  }
+  Finish(req.job_id, JobState::kCancelled, now_ms);
+  reply.jobs.push_back(batch_.jobs.at(req.job_id).info);
+  return reply;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+
+void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t now_ms) {
+  auto w = workers_.find(peer);
+  if (w != workers_.end()) w->second.last_seen_ms = now_ms;
+
+  if (auto* reg = std::get_if<msg::Register>(&body)) {
+    if (w != workers_.end()) {
+      // Same routing id registering again: the worker restarted or lost us. Its runs may still
+      // finish and report, so they get the orphan grace rather than an immediate requeue.
+      for (const auto& id : w->second.running) {
+        running_peer_.erase(id);
+        orphans_[id] = now_ms + opts_.orphan_grace_ms;
+      }
+      workers_.erase(w);
+    }
+    Worker nw;
+    nw.name = reg->name;
+    nw.dps = reg->dps;
+    nw.capacity = std::max<std::uint32_t>(1, reg->capacity);
+    nw.connected_at_ms = now_ms;
+    nw.last_seen_ms = now_ms;
+    nw.last_sent_ms = now_ms;
+    for (const auto& dp : reg->dps) NoteDp(dp);
+    workers_.emplace(peer, std::move(nw));
+    SendToWorker(peer, msg::RegisterAck{static_cast<std::uint32_t>(opts_.heartbeat_interval_ms)});
+    dispatch_dirty_ = true;
+    return;
+  }
+  if (auto* res = std::get_if<msg::JobResult>(&body)) {
+    // Results are accepted from any peer: a worker resends unacknowledged results after a
+    // broker restart, possibly before it registered again.
+    HandleResult(peer, *res, now_ms);
+    return;
+  }
+  if (auto* hint = std::get_if<msg::ReleaseHint>(&body)) {
+    // Accepted from any peer: a hint only shortens a wait the job already has, and at most
+    // once per backoff step (released_step remembers the step already shortened).
+    auto it = active_.find(hint->job_id);
+    if (it != active_.end() && it->second.info.state == JobState::kDeferred &&
+        it->second.attempt_token == hint->attempt && it->second.released_step != it->second.info.attempts) {
+      it->second.released_step = it->second.info.attempts;
+      it->second.info.next_attempt_at_ms = now_ms;
+      due_.push({now_ms, hint->job_id});
+    }
+    return;
+  }
+  if (w == workers_.end()) {
+    if (std::holds_alternative<msg::Heartbeat>(body) || std::holds_alternative<msg::ProgressReport>(body)) {
+      SendToWorker(peer, msg::Disconnect{"unknown worker: register again"});
+    }
+    return;
+  }
+  if (std::holds_alternative<msg::Heartbeat>(body)) return;
+  if (auto* pr = std::get_if<msg::ProgressReport>(&body)) {
+    auto it = active_.find(pr->job_id);
+    if (it == active_.end() || it->second.attempt_token != pr->attempt ||
+        it->second.info.state != JobState::kRunning) {
+      return;
+    }
+    msg::Event e;
+    e.kind = msg::EventKind::kProgress;
+    e.seq = 0;
+    e.at_ms = now_ms;
+    e.job = it->second.info;
+    e.progress = pr->progress;
+    events_.push_back(std::move(e));
+    return;
+  }
+  if (auto* d = std::get_if<msg::Disconnect>(&body)) {
+    LoseWorker(peer, "worker disconnected: " + d->reason, now_ms);
+    return;
+  }
+  // Anything else is not a worker message; the loop answers unknown types before this.
+}
+
+void Core::HandleResult(const std::string& peer, const msg::JobResult& res, std::int64_t now_ms) {
+  SendToWorker(peer, msg::ResultAck{res.job_id, res.attempt});
+  auto it = active_.find(res.job_id);
+  const std::string worker_name = [&] {
+    auto w = workers_.find(peer);
+    return w != workers_.end() ? w->second.name : std::string();
+  }();
+  AttemptRecord a;
+  a.job_id = res.job_id;
+  a.attempt = res.attempt;
+  a.worker = worker_name;
+  a.ended_at_ms = now_ms;
+  a.outcome = msg::ToString(res.outcome);
+  a.error = res.error;
+  a.in_use = res.in_use;
+  if (it == active_.end() || it->second.info.state != JobState::kRunning ||
+      it->second.attempt_token != res.attempt) {
+    // Stale (a requeued or finished job): recorded, never moves the job. Duplicates of an
+    // already processed result land here too.
+    if (it == active_.end()) {
+      auto found = LookupInactive(res.job_id);
+      if (!found) return;
+      if (found->attempt_token == res.attempt) return;  // duplicate of the result that ended it
+    }
+    a.outcome = "stale:" + a.outcome;
+    batch_.attempts.push_back(std::move(a));
+    return;
+  }
+  JobRecord& r = it->second;
+  a.started_at_ms = r.started_at_ms;
+  if (a.worker.empty() && r.info.worker) a.worker = *r.info.worker;
+  batch_.attempts.push_back(std::move(a));
+  ReleaseRunning(r);
+  const CancelReason cancel = r.cancel_reason;
+  const JobState cancelled_state = cancel == CancelReason::kSuperseded ? JobState::kSuperseded : JobState::kCancelled;
+  switch (res.outcome) {
+    case msg::Outcome::kApplied:
+    case msg::Outcome::kVerified:
+      r.info.in_use.clear();
+      r.info.holders.clear();
+      if (res.stats) r.info.stats = res.stats;
+      if (res.report) r.info.report = res.report;
+      Finish(res.job_id, JobState::kApplied, now_ms);
+      return;
+    case msg::Outcome::kUpToDate:
+      r.info.in_use.clear();
+      r.info.holders.clear();
+      Finish(res.job_id, JobState::kUpToDate, now_ms);
+      return;
+    case msg::Outcome::kCancelled:
+      if (cancel != CancelReason::kNone) {
+        Finish(res.job_id, cancelled_state, now_ms);
+      } else {
+        // The worker gave the job up on its own (shutting down): run it again, no attempt spent.
+        r.cancel_reason = CancelReason::kNone;
+        Enqueue(r, now_ms);
+      }
+      return;
+    case msg::Outcome::kDeferred:
+    case msg::Outcome::kRetryableError:
+    case msg::Outcome::kPermanentError:
+      if (cancel != CancelReason::kNone) {
+        if (res.error) r.info.last_error = res.error;
+        Finish(res.job_id, cancelled_state, now_ms);
+        return;
+      }
+      HandleFailure(r, res, now_ms);
+      return;
+  }
+}
+
+void Core::HandleFailure(JobRecord& r, const msg::JobResult& res, std::int64_t now_ms) {
+  r.info.attempts += 1;
+  const bool deferred = res.outcome == msg::Outcome::kDeferred;
+  if (deferred) {
+    r.info.in_use = res.in_use;
+    r.info.holders = res.holders;
+    r.info.last_error = res.error ? *res.error
+                                  : std::to_string(res.in_use.size()) + " file(s) in use";
+  } else {
+    r.info.in_use.clear();
+    r.info.holders.clear();
+    r.info.last_error = res.error.value_or(msg::ToString(res.outcome));
+  }
+  if (res.outcome == msg::Outcome::kPermanentError) {
+    Finish(r.info.id, JobState::kDead, now_ms);
+    return;
+  }
+  if (r.forced_running) {
+    r.forced_running = false;
+    r.info.last_error = "forced attempt failed: " + r.info.last_error.value_or("");
+    Finish(r.info.id, JobState::kDead, now_ms);
+    return;
+  }
+  if (r.info.attempts >= r.policy.max_attempts) {
+    if (r.policy.on_exhausted == msg::OnExhausted::kForce) {
+      r.force_next = true;
+      Enqueue(r, now_ms);
+    } else {
+      Finish(r.info.id, JobState::kDead, now_ms);
+    }
+    return;
+  }
+  const std::uint64_t delay =
+      BackoffDelay(r.policy.retry_base_ms, r.policy.retry_max_ms, r.info.attempts, rng_);
+  Defer(r, now_ms + static_cast<std::int64_t>(delay), now_ms);
+}
+
+void Core::RequeueLost(const std::string& id, const std::string& why, std::int64_t now_ms) {
+  auto it = active_.find(id);
+  if (it == active_.end() || it->second.info.state != JobState::kRunning) return;
+  JobRecord& r = it->second;
+  AttemptRecord a;
+  a.job_id = id;
+  a.attempt = r.attempt_token;
+  a.worker = r.info.worker.value_or("");
+  a.started_at_ms = r.started_at_ms;
+  a.ended_at_ms = now_ms;
+  a.outcome = "lost";
+  a.error = why;
+  batch_.attempts.push_back(std::move(a));
+  ReleaseRunning(r);
+  switch (r.cancel_reason) {
+    case CancelReason::kSuperseded:
+      Finish(id, JobState::kSuperseded, now_ms);
+      return;
+    case CancelReason::kOperator:
+      Finish(id, JobState::kCancelled, now_ms);
+      return;
+    case CancelReason::kNone:
+      break;
+  }
+  // A forced run that was lost gets its forced run again; attempts are not counted.
+  if (r.forced_running) {
+    r.forced_running = false;
+    r.force_next = true;
+  }
+  Enqueue(r, now_ms);
+}
+
+void Core::LoseWorker(const std::string& peer, const std::string& why, std::int64_t now_ms) {
+  auto w = workers_.find(peer);
+  if (w == workers_.end()) return;
+  const std::vector<std::string> running(w->second.running.begin(), w->second.running.end());
+  const std::string name = w->second.name;
+  workers_.erase(w);
+  for (const auto& id : running) RequeueLost(id, why + " (" + name + ")", now_ms);
+  dispatch_dirty_ = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers and dispatch
+
+void Core::Tick(std::int64_t now_ms) {
+  // Due retries.
+  while (!due_.empty() && due_.top().first <= now_ms) {
+    auto [due, id] = due_.top();
+    due_.pop();
+    auto it = active_.find(id);
+    if (it == active_.end() || it->second.info.state != JobState::kDeferred) continue;
+    if (it->second.info.next_attempt_at_ms.value_or(due) != due) continue;  // rescheduled
+    Enqueue(it->second, now_ms);
+  }
+  // Liveness.
+  const std::int64_t expiry = opts_.heartbeat_interval_ms * static_cast<std::int64_t>(opts_.liveness);
+  std::vector<std::string> lost;
+  for (auto& [peer, w] : workers_) {
+    if (now_ms - w.last_seen_ms > expiry) {
+      lost.push_back(peer);
+      continue;
+    }
+    if (now_ms - w.last_sent_ms >= opts_.heartbeat_interval_ms) {
+      w.last_sent_ms = now_ms;
+      msg::Heartbeat hb;
+      hb.running = static_cast<std::uint32_t>(w.running.size());
+      SendToWorker(peer, hb);
+    }
+  }
+  for (const auto& peer : lost) LoseWorker(peer, "missed heartbeats", now_ms);
+  // Orphaned runs whose worker never came back with a result.
+  std::vector<std::string> expired;
+  for (const auto& [id, at] : orphans_) {
+    if (at <= now_ms) expired.push_back(id);
+  }
+  for (const auto& id : expired) {
+    orphans_.erase(id);
+    RequeueLost(id, "no result from its worker after restart", now_ms);
+  }
+  Dispatch(now_ms);
+}
+
+void Core::Dispatch(std::int64_t now_ms) {
+  if (draining_ || !dispatch_dirty_) return;
+  dispatch_dirty_ = false;
+  for (auto q = ready_.begin(); q != ready_.end();) {
+    const std::string dp = q->first;
+    std::vector<Worker*> eligible;
+    std::vector<std::string> peers;
+    for (auto& [peer, w] : workers_) {
+      if (w.running.size() >= w.capacity) continue;
+      if (std::find(w.dps.begin(), w.dps.end(), dp) == w.dps.end()) continue;
+      eligible.push_back(&w);
+      peers.push_back(peer);
+    }
+    if (eligible.empty()) {
+      ++q;
+      continue;
+    }
+    auto& queue = q->second;
+    for (auto it = queue.begin(); it != queue.end() && !eligible.empty();) {
+      const std::string id = it->second;
+      JobRecord& r = active_.at(id);
+      Lane& lane = lanes_[KeyOf(r)];
+      if (!lane.running.empty()) {
+        ++it;
+        continue;
+      }
+      // Least loaded: fewest running, then most free credit.
+      std::size_t best = 0;
+      for (std::size_t i = 1; i < eligible.size(); ++i) {
+        const auto& a = *eligible[i];
+        const auto& b = *eligible[best];
+        if (a.running.size() < b.running.size() ||
+            (a.running.size() == b.running.size() &&
+             a.capacity - a.running.size() > b.capacity - b.running.size())) {
+          best = i;
+        }
+      }
+      Worker& w = *eligible[best];
+      const std::string peer = peers[best];
+      it = queue.erase(it);
+      ready_order_.erase(id);
+      lane.pending.erase(id);
+      lane.running = id;
+      w.running.insert(id);
+      running_peer_[id] = peer;
+      r.attempt_token += 1;
+      r.forced_running = r.force_next;
+      r.force_next = false;
+      r.started_at_ms = now_ms;
+      r.info.state = JobState::kRunning;
+      r.info.worker = w.name;
+      r.info.next_attempt_at_ms.reset();
+      Emit(r, now_ms);
+      msg::Dispatch d;
+      d.job_id = id;
+      d.attempt = r.attempt_token;
+      d.kind = r.info.kind;
+      d.dp = r.info.dp;
+      d.package = r.info.package;
+      d.version = r.info.version;
+      d.source = r.info.source;
+      d.force = r.forced_running;
+      d.repair = r.repair;
+      d.checksum = r.checksum;
+      SendToWorker(peer, d);
+      if (w.running.size() >= w.capacity) {
+        eligible.erase(eligible.begin() + static_cast<std::ptrdiff_t>(best));
+        peers.erase(peers.begin() + static_cast<std::ptrdiff_t>(best));
+      }
+    }
+    if (queue.empty()) {
+      q = ready_.erase(q);
+    } else {
+      ++q;
+    }
+  }
+}
+
+std::optional<std::int64_t> Core::NextDeadline() const {
+  std::optional<std::int64_t> next;
+  auto consider = [&](std::int64_t t) {
+    if (!next || t < *next) next = t;
+  };
+  if (!due_.empty()) consider(due_.top().first);
+  for (const auto& [peer, w] : workers_) {
+    consider(w.last_sent_ms + opts_.heartbeat_interval_ms);
+    consider(w.last_seen_ms + opts_.heartbeat_interval_ms * static_cast<std::int64_t>(opts_.liveness) + 1);
+  }
+  for (const auto& [id, at] : orphans_) consider(at);
+  return next;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output and read side
+
+WriteBatch Core::TakeBatch() { return std::exchange(batch_, WriteBatch{}); }
+std::vector<ToWorker> Core::TakeWorkerOutbox() { return std::exchange(outbox_, {}); }
+std::vector<msg::Event> Core::TakeEvents() { return std::exchange(events_, {}); }
+bool Core::HasPendingOutput() const { return !batch_.empty() || !outbox_.empty() || !events_.empty(); }
+
+std::vector<msg::WorkerInfo> Core::Workers() const {
+  std::vector<msg::WorkerInfo> out;
+  for (const auto& [peer, w] : workers_) {
+    msg::WorkerInfo i;
+    i.name = w.name;
+    i.dps = w.dps;
+    i.capacity = w.capacity;
+    i.running = static_cast<std::uint32_t>(w.running.size());
+    i.connected_at_ms = w.connected_at_ms;
+    i.last_heartbeat_ms = w.last_seen_ms;
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+std::vector<std::string> Core::KnownDps() const { return known_dps_; }
+
+bool Core::DpOnline(const std::string& dp) const {
+  for (const auto& [peer, w] : workers_) {
+    if (std::find(w.dps.begin(), w.dps.end(), dp) != w.dps.end()) return true;
+  }
+  return false;
+}
+
+const JobRecord* Core::FindActive(const std::string& id) const {
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : &it->second;
+}
+
+}  // namespace despool::broker

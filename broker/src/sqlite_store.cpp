@@ -1,0 +1,651 @@
+// SQLite implementation of the broker store: WAL, synchronous=FULL by default, a versioned
+// schema applied through a migrations table, prepared statements reused for every commit.
+#include <sqlite3.h>
+
+#include <chrono>
+#include <filesystem>
+#include <random>
+
+#include "despool/broker/store.h"
+#include "job_json.h"
+
+namespace despool::broker {
+namespace {
+
+using nlohmann::json;
+
+std::int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Schema migrations, applied in order; each runs once, recorded in schema_migrations.
+constexpr const char* kMigrations[] = {
+    // 1: initial schema
+    R"sql(
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY,
+  seq INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  package TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  dp TEXT NOT NULL,
+  source TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  max_attempts INTEGER NOT NULL,
+  retry_base_ms INTEGER NOT NULL,
+  retry_max_ms INTEGER NOT NULL,
+  on_exhausted INTEGER NOT NULL,
+  repair INTEGER NOT NULL,
+  checksum INTEGER NOT NULL,
+  next_attempt_at INTEGER,
+  last_error TEXT,
+  in_use TEXT,
+  holders TEXT,
+  worker TEXT,
+  attempt_token INTEGER NOT NULL,
+  force_next INTEGER NOT NULL,
+  forced_running INTEGER NOT NULL,
+  cancel_reason INTEGER NOT NULL,
+  released_step INTEGER NOT NULL,
+  started_at INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  report TEXT,
+  stats TEXT
+) WITHOUT ROWID;
+CREATE INDEX jobs_by_state ON jobs(state, updated_at);
+CREATE TABLE job_history (
+  job_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  worker TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  ended_at INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  error TEXT,
+  in_use TEXT
+);
+CREATE INDEX job_history_by_job ON job_history(job_id);
+CREATE TABLE dps (name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE events (
+  seq INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  dp TEXT NOT NULL,
+  package TEXT NOT NULL,
+  job TEXT NOT NULL
+);
+)sql",
+};
+
+constexpr const char* kJobColumns =
+    "id, seq, kind, package, version, dp, source, state, attempts, max_attempts, retry_base_ms, "
+    "retry_max_ms, on_exhausted, repair, checksum, next_attempt_at, last_error, in_use, holders, "
+    "worker, attempt_token, force_next, forced_running, cancel_reason, released_step, started_at, "
+    "created_at, updated_at, report, stats";
+
+Error SqlError(sqlite3* db, const std::string& what) {
+  return MakeError(ErrorCode::kIo, what + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
+}
+
+class Stmt {
+ public:
+  Stmt() = default;
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  ~Stmt() { sqlite3_finalize(s_); }
+
+  Status Prepare(sqlite3* db, const std::string& sql) {
+    sqlite3_finalize(s_);
+    s_ = nullptr;
+    if (sqlite3_prepare_v3(db, sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr) != SQLITE_OK) {
+      return SqlError(db, "prepare '" + sql.substr(0, 60) + "'");
+    }
+    return Status::Ok();
+  }
+  sqlite3_stmt* get() const { return s_; }
+  void Reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  void Bind(int i, std::int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  void Bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+  void BindNull(int i) { sqlite3_bind_null(s_, i); }
+  template <typename T>
+  void BindOpt(int i, const std::optional<T>& v) {
+    if (v) {
+      Bind(i, *v);
+    } else {
+      BindNull(i);
+    }
+  }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+};
+
+std::string ColText(sqlite3_stmt* s, int i) {
+  const unsigned char* t = sqlite3_column_text(s, i);
+  return t ? std::string(reinterpret_cast<const char*>(t), sqlite3_column_bytes(s, i)) : std::string();
+}
+bool ColNull(sqlite3_stmt* s, int i) { return sqlite3_column_type(s, i) == SQLITE_NULL; }
+std::int64_t ColInt(sqlite3_stmt* s, int i) { return sqlite3_column_int64(s, i); }
+
+// Reads a jobs row selected with kJobColumns. Throws json exceptions on corrupt blobs.
+JobRecord ReadJob(sqlite3_stmt* s) {
+  JobRecord r;
+  msg::JobInfo& j = r.info;
+  j.id = ColText(s, 0);
+  r.seq = static_cast<std::uint64_t>(ColInt(s, 1));
+  j.kind = static_cast<msg::JobKind>(ColInt(s, 2));
+  j.package = ColText(s, 3);
+  j.version = static_cast<std::uint64_t>(ColInt(s, 4));
+  j.dp = ColText(s, 5);
+  j.source = ColText(s, 6);
+  j.state = static_cast<msg::JobState>(ColInt(s, 7));
+  j.attempts = static_cast<std::uint32_t>(ColInt(s, 8));
+  j.max_attempts = static_cast<std::uint32_t>(ColInt(s, 9));
+  r.policy.retry_base_ms = static_cast<std::uint64_t>(ColInt(s, 10));
+  r.policy.retry_max_ms = static_cast<std::uint64_t>(ColInt(s, 11));
+  r.policy.on_exhausted = static_cast<msg::OnExhausted>(ColInt(s, 12));
+  r.policy.max_attempts = j.max_attempts;
+  r.repair = ColInt(s, 13) != 0;
+  r.checksum = ColInt(s, 14) != 0;
+  if (!ColNull(s, 15)) j.next_attempt_at_ms = ColInt(s, 15);
+  if (!ColNull(s, 16)) j.last_error = ColText(s, 16);
+  if (!ColNull(s, 17)) j.in_use = json::parse(ColText(s, 17)).get<std::vector<std::string>>();
+  if (!ColNull(s, 18)) j.holders = HoldersFromJson(json::parse(ColText(s, 18)));
+  if (!ColNull(s, 19)) j.worker = ColText(s, 19);
+  r.attempt_token = static_cast<std::uint64_t>(ColInt(s, 20));
+  r.force_next = ColInt(s, 21) != 0;
+  r.forced_running = ColInt(s, 22) != 0;
+  r.cancel_reason = static_cast<CancelReason>(ColInt(s, 23));
+  r.released_step = static_cast<std::uint32_t>(ColInt(s, 24));
+  r.started_at_ms = ColInt(s, 25);
+  j.created_at_ms = ColInt(s, 26);
+  j.updated_at_ms = ColInt(s, 27);
+  if (!ColNull(s, 28)) j.report = ReportFromJson(json::parse(ColText(s, 28)));
+  if (!ColNull(s, 29)) j.stats = StatsFromJson(json::parse(ColText(s, 29)));
+  return r;
+}
+
+std::string RandomStoreId() {
+  std::random_device rd;
+  std::uniform_int_distribution<int> d(0, 35);
+  const char* digits = "0123456789abcdefghijklmnopqrstuvwxyz";
+  std::string s;
+  for (int i = 0; i < 6; ++i) s += digits[d(rd)];
+  return s;
+}
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(SqliteOptions opts) : opts_(opts) {}
+  ~SqliteStore() override {
+    // Statements first: sqlite3_close refuses while any is alive.
+    upsert_job_.reset();
+    insert_attempt_.reset();
+    insert_dp_.reset();
+    insert_event_.reset();
+    set_meta_.reset();
+    begin_.reset();
+    commit_.reset();
+    rollback_.reset();
+    if (db_) sqlite3_close(db_);
+  }
+
+  Status Open(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        nullptr) != SQLITE_OK) {
+      return SqlError(db_, "open store " + path);
+    }
+    sqlite3_busy_timeout(db_, opts_.busy_timeout_ms);
+    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
+    DESPOOL_RETURN_IF_ERROR(Exec(opts_.sync == SyncMode::kFull ? "PRAGMA synchronous=FULL"
+                                                                : "PRAGMA synchronous=NORMAL"));
+    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=OFF"));
+    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA temp_store=MEMORY"));
+    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA cache_size=-65536"));
+    DESPOOL_RETURN_IF_ERROR(Migrate());
+    DESPOOL_RETURN_IF_ERROR(PrepareStatements());
+    return Status::Ok();
+  }
+
+  Result<LoadedState> Load() override {
+    LoadedState st;
+    try {
+      {
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT key, value FROM meta"));
+        while (sqlite3_step(q.get()) == SQLITE_ROW) {
+          std::string k = ColText(q.get(), 0), v = ColText(q.get(), 1);
+          if (k == "store_id") st.store_id = v;
+          if (k == "next_job_seq") st.next_job_seq = std::stoull(v);
+        }
+      }
+      {
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT name FROM dps ORDER BY first_seen, name"));
+        while (sqlite3_step(q.get()) == SQLITE_ROW) st.dps.push_back(ColText(q.get(), 0));
+      }
+      {
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT MIN(seq), MAX(seq) FROM events"));
+        if (sqlite3_step(q.get()) == SQLITE_ROW && !ColNull(q.get(), 1)) {
+          oldest_event_ = static_cast<std::uint64_t>(ColInt(q.get(), 0));
+          st.last_event_seq = static_cast<std::uint64_t>(ColInt(q.get(), 1));
+        }
+        Stmt m;
+        DESPOOL_RETURN_IF_ERROR(m.Prepare(db_, "SELECT value FROM meta WHERE key='last_event_seq'"));
+        if (sqlite3_step(m.get()) == SQLITE_ROW) {
+          st.last_event_seq = std::max<std::uint64_t>(st.last_event_seq, std::stoull(ColText(m.get(), 0)));
+        }
+        last_event_ = st.last_event_seq;
+      }
+      {
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(
+            db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (0,1,2) ORDER BY seq"));
+        int rc;
+        while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) st.active_jobs.push_back(ReadJob(q.get()));
+        if (rc != SQLITE_DONE) return SqlError(db_, "load jobs");
+      }
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
+    }
+    return st;
+  }
+
+  Status Commit(const WriteBatch& b) override {
+    if (b.empty()) return Status::Ok();
+    if (sqlite3_step(begin_->get()) != SQLITE_DONE) {
+      begin_->Reset();
+      return SqlError(db_, "begin");
+    }
+    begin_->Reset();
+    Status st = WriteAll(b);
+    if (!st.ok()) {
+      sqlite3_step(rollback_->get());
+      rollback_->Reset();
+      return st;
+    }
+    if (sqlite3_step(commit_->get()) != SQLITE_DONE) {
+      commit_->Reset();
+      Error e = SqlError(db_, "commit");
+      sqlite3_step(rollback_->get());
+      rollback_->Reset();
+      return e;
+    }
+    commit_->Reset();
+    if (!b.events.empty()) {
+      last_event_ = b.events.back().seq;
+      if (oldest_event_ == 0) oldest_event_ = b.events.front().seq;
+      MaybePruneEvents();
+    }
+    return Status::Ok();
+  }
+
+  Result<std::optional<JobRecord>> GetJob(const std::string& id) override {
+    Stmt q;
+    DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id=?"));
+    q.Bind(1, id);
+    try {
+      int rc = sqlite3_step(q.get());
+      if (rc == SQLITE_ROW) return std::optional<JobRecord>(ReadJob(q.get()));
+      if (rc == SQLITE_DONE) return std::optional<JobRecord>();
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
+    }
+    return SqlError(db_, "get job");
+  }
+
+  Result<std::vector<JobRecord>> ListJobs(const JobFilter& f) override {
+    std::vector<JobRecord> out;
+    std::string where;
+    if (f.package) where += " AND package=:package";
+    if (f.dp) where += " AND dp=:dp";
+    const std::string limit = f.limit == 0 ? "" : " LIMIT " + std::to_string(f.limit);
+    std::vector<std::string> queries;
+    if (f.state) {
+      const bool terminal = msg::IsTerminal(*f.state);
+      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state=:state" + where +
+                        (terminal ? " ORDER BY updated_at DESC" : " ORDER BY seq") + limit);
+    } else {
+      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (0,1,2)" +
+                        where + " ORDER BY seq" + limit);
+      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (3,4,5,6,7)" +
+                        where + " ORDER BY updated_at DESC, seq DESC" + limit);
+    }
+    try {
+      for (const auto& sql : queries) {
+        if (f.limit != 0 && out.size() >= f.limit) break;
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, sql));
+        auto bind = [&](const char* name, const std::string& v) {
+          int i = sqlite3_bind_parameter_index(q.get(), name);
+          if (i > 0) q.Bind(i, v);
+        };
+        if (f.package) bind(":package", *f.package);
+        if (f.dp) bind(":dp", *f.dp);
+        if (f.state) {
+          int i = sqlite3_bind_parameter_index(q.get(), ":state");
+          if (i > 0) q.Bind(i, static_cast<std::int64_t>(*f.state));
+        }
+        int rc;
+        while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+          if (f.limit != 0 && out.size() >= f.limit) break;
+          out.push_back(ReadJob(q.get()));
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "list jobs");
+      }
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
+    }
+    return out;
+  }
+
+  Result<std::vector<AttemptRecord>> History(const std::string& job_id) override {
+    Stmt q;
+    DESPOOL_RETURN_IF_ERROR(q.Prepare(
+        db_, "SELECT job_id, attempt, worker, started_at, ended_at, outcome, error, in_use "
+             "FROM job_history WHERE job_id=? ORDER BY rowid"));
+    q.Bind(1, job_id);
+    std::vector<AttemptRecord> out;
+    try {
+      while (sqlite3_step(q.get()) == SQLITE_ROW) {
+        AttemptRecord a;
+        a.job_id = ColText(q.get(), 0);
+        a.attempt = static_cast<std::uint64_t>(ColInt(q.get(), 1));
+        a.worker = ColText(q.get(), 2);
+        a.started_at_ms = ColInt(q.get(), 3);
+        a.ended_at_ms = ColInt(q.get(), 4);
+        a.outcome = ColText(q.get(), 5);
+        if (!ColNull(q.get(), 6)) a.error = ColText(q.get(), 6);
+        if (!ColNull(q.get(), 7)) a.in_use = json::parse(ColText(q.get(), 7)).get<std::vector<std::string>>();
+        out.push_back(std::move(a));
+      }
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
+    }
+    return out;
+  }
+
+  Result<EventsPage> EventsSince(std::uint64_t since, std::uint32_t limit,
+                                 const std::optional<std::string>& dp,
+                                 const std::optional<std::string>& package) override {
+    EventsPage page;
+    page.oldest_seq = oldest_event_;
+    page.last_seq = last_event_;
+    std::string sql = "SELECT seq, at, job FROM events WHERE seq > :since";
+    if (dp) sql += " AND dp=:dp";
+    if (package) sql += " AND package=:package";
+    sql += " ORDER BY seq";
+    if (limit != 0) sql += " LIMIT " + std::to_string(limit);
+    Stmt q;
+    DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, sql));
+    q.Bind(sqlite3_bind_parameter_index(q.get(), ":since"),
+           static_cast<std::int64_t>(std::min<std::uint64_t>(since, INT64_MAX)));
+    if (dp) q.Bind(sqlite3_bind_parameter_index(q.get(), ":dp"), *dp);
+    if (package) q.Bind(sqlite3_bind_parameter_index(q.get(), ":package"), *package);
+    try {
+      while (sqlite3_step(q.get()) == SQLITE_ROW) {
+        msg::Event e;
+        e.kind = msg::EventKind::kState;
+        e.seq = static_cast<std::uint64_t>(ColInt(q.get(), 0));
+        e.at_ms = ColInt(q.get(), 1);
+        e.job = JobInfoFromJson(json::parse(ColText(q.get(), 2)));
+        page.events.push_back(std::move(e));
+      }
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
+    }
+    return page;
+  }
+
+  Result<StoreCounts> Counts() override {
+    StoreCounts c;
+    Stmt q;
+    DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state"));
+    while (sqlite3_step(q.get()) == SQLITE_ROW) {
+      c.by_state[static_cast<msg::JobState>(ColInt(q.get(), 0))] = static_cast<std::uint64_t>(ColInt(q.get(), 1));
+    }
+    Stmt o;
+    DESPOOL_RETURN_IF_ERROR(o.Prepare(db_, "SELECT MIN(updated_at) FROM jobs WHERE state=0"));
+    if (sqlite3_step(o.get()) == SQLITE_ROW && !ColNull(o.get(), 0)) c.oldest_queued_at_ms = ColInt(o.get(), 0);
+    Stmt d;
+    DESPOOL_RETURN_IF_ERROR(
+        d.Prepare(db_, "SELECT dp, state, COUNT(*) FROM jobs WHERE state IN (0,1,2) GROUP BY dp, state"));
+    while (sqlite3_step(d.get()) == SQLITE_ROW) {
+      auto& a = c.active_by_dp[ColText(d.get(), 0)];
+      a[static_cast<std::size_t>(ColInt(d.get(), 1))] = static_cast<std::uint64_t>(ColInt(d.get(), 2));
+    }
+    return c;
+  }
+
+  std::vector<std::string> Describe() override {
+    std::vector<std::string> out;
+    for (const char* p : {"journal_mode", "synchronous", "wal_autocheckpoint", "page_size",
+                          "cache_size", "busy_timeout", "temp_store", "user_version"}) {
+      Stmt q;
+      if (!q.Prepare(db_, std::string("PRAGMA ") + p).ok()) continue;
+      if (sqlite3_step(q.get()) == SQLITE_ROW) out.push_back(std::string(p) + " = " + ColText(q.get(), 0));
+    }
+    out.push_back("events_retention = " + std::to_string(opts_.events_retention));
+    out.push_back(std::string("sqlite_version = ") + sqlite3_libversion());
+    return out;
+  }
+
+ private:
+  Status Exec(const std::string& sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string m = err ? err : "unknown error";
+      sqlite3_free(err);
+      return MakeError(ErrorCode::kIo, "sqlite: " + m + " (in '" + sql.substr(0, 60) + "')");
+    }
+    return Status::Ok();
+  }
+
+  Status Migrate() {
+    DESPOOL_RETURN_IF_ERROR(
+        Exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"));
+    std::int64_t current = 0;
+    {
+      Stmt q;
+      DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+      if (sqlite3_step(q.get()) == SQLITE_ROW) current = ColInt(q.get(), 0);
+    }
+    const std::int64_t known = static_cast<std::int64_t>(std::size(kMigrations));
+    if (current > known) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "store schema version " + std::to_string(current) +
+                           " is newer than this broker understands (" + std::to_string(known) + ")");
+    }
+    for (std::int64_t v = current + 1; v <= known; ++v) {
+      DESPOOL_RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+      Status st = Exec(kMigrations[v - 1]);
+      if (st.ok()) {
+        st = Exec("INSERT INTO schema_migrations(version, applied_at) VALUES(" + std::to_string(v) + ", " +
+                  std::to_string(NowMs()) + ")");
+      }
+      if (st.ok() && v == 1) {
+        st = Exec("INSERT INTO meta(key, value) VALUES('store_id', '" + RandomStoreId() +
+                  "'), ('next_job_seq', '1'), ('last_event_seq', '0')");
+      }
+      if (st.ok()) st = Exec("PRAGMA user_version=" + std::to_string(v));
+      if (!st.ok()) {
+        (void)Exec("ROLLBACK");
+        return st;
+      }
+      DESPOOL_RETURN_IF_ERROR(Exec("COMMIT"));
+    }
+    return Status::Ok();
+  }
+
+  Status PrepareStatements() {
+    upsert_job_ = std::make_unique<Stmt>();
+    insert_attempt_ = std::make_unique<Stmt>();
+    insert_dp_ = std::make_unique<Stmt>();
+    insert_event_ = std::make_unique<Stmt>();
+    set_meta_ = std::make_unique<Stmt>();
+    begin_ = std::make_unique<Stmt>();
+    commit_ = std::make_unique<Stmt>();
+    rollback_ = std::make_unique<Stmt>();
+    DESPOOL_RETURN_IF_ERROR(upsert_job_->Prepare(
+        db_, std::string("INSERT OR REPLACE INTO jobs(") + kJobColumns +
+                 ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,"
+                 "?21,?22,?23,?24,?25,?26,?27,?28,?29,?30)"));
+    DESPOOL_RETURN_IF_ERROR(insert_attempt_->Prepare(
+        db_, "INSERT INTO job_history(job_id, attempt, worker, started_at, ended_at, outcome, error, in_use) "
+             "VALUES(?1,?2,?3,?4,?5,?6,?7,?8)"));
+    DESPOOL_RETURN_IF_ERROR(
+        insert_dp_->Prepare(db_, "INSERT OR IGNORE INTO dps(name, first_seen) VALUES(?1, ?2)"));
+    DESPOOL_RETURN_IF_ERROR(insert_event_->Prepare(
+        db_, "INSERT INTO events(seq, at, dp, package, job) VALUES(?1,?2,?3,?4,?5)"));
+    DESPOOL_RETURN_IF_ERROR(
+        set_meta_->Prepare(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)"));
+    DESPOOL_RETURN_IF_ERROR(begin_->Prepare(db_, "BEGIN IMMEDIATE"));
+    DESPOOL_RETURN_IF_ERROR(commit_->Prepare(db_, "COMMIT"));
+    DESPOOL_RETURN_IF_ERROR(rollback_->Prepare(db_, "ROLLBACK"));
+    return Status::Ok();
+  }
+
+  Status Step(Stmt& s, const char* what) {
+    int rc = sqlite3_step(s.get());
+    s.Reset();
+    if (rc != SQLITE_DONE) return SqlError(db_, what);
+    return Status::Ok();
+  }
+
+  Status WriteAll(const WriteBatch& b) {
+    for (const auto& [id, r] : b.jobs) {
+      Stmt& s = *upsert_job_;
+      const msg::JobInfo& j = r.info;
+      s.Bind(1, j.id);
+      s.Bind(2, static_cast<std::int64_t>(r.seq));
+      s.Bind(3, static_cast<std::int64_t>(j.kind));
+      s.Bind(4, j.package);
+      s.Bind(5, static_cast<std::int64_t>(j.version));
+      s.Bind(6, j.dp);
+      s.Bind(7, j.source);
+      s.Bind(8, static_cast<std::int64_t>(j.state));
+      s.Bind(9, static_cast<std::int64_t>(j.attempts));
+      s.Bind(10, static_cast<std::int64_t>(r.policy.max_attempts));
+      s.Bind(11, static_cast<std::int64_t>(r.policy.retry_base_ms));
+      s.Bind(12, static_cast<std::int64_t>(r.policy.retry_max_ms));
+      s.Bind(13, static_cast<std::int64_t>(r.policy.on_exhausted));
+      s.Bind(14, std::int64_t{r.repair});
+      s.Bind(15, std::int64_t{r.checksum});
+      s.BindOpt(16, j.next_attempt_at_ms);
+      s.BindOpt(17, j.last_error);
+      if (j.in_use.empty()) {
+        s.BindNull(18);
+      } else {
+        s.Bind(18, json(j.in_use).dump());
+      }
+      if (j.holders.empty()) {
+        s.BindNull(19);
+      } else {
+        s.Bind(19, HoldersToJson(j.holders).dump());
+      }
+      s.BindOpt(20, j.worker);
+      s.Bind(21, static_cast<std::int64_t>(r.attempt_token));
+      s.Bind(22, std::int64_t{r.force_next});
+      s.Bind(23, std::int64_t{r.forced_running});
+      s.Bind(24, static_cast<std::int64_t>(r.cancel_reason));
+      s.Bind(25, static_cast<std::int64_t>(r.released_step));
+      s.Bind(26, r.started_at_ms);
+      s.Bind(27, j.created_at_ms);
+      s.Bind(28, j.updated_at_ms);
+      if (j.report) {
+        s.Bind(29, ReportToJson(*j.report).dump());
+      } else {
+        s.BindNull(29);
+      }
+      if (j.stats) {
+        s.Bind(30, StatsToJson(*j.stats).dump());
+      } else {
+        s.BindNull(30);
+      }
+      DESPOOL_RETURN_IF_ERROR(Step(s, "upsert job"));
+    }
+    for (const auto& a : b.attempts) {
+      Stmt& s = *insert_attempt_;
+      s.Bind(1, a.job_id);
+      s.Bind(2, static_cast<std::int64_t>(a.attempt));
+      s.Bind(3, a.worker);
+      s.Bind(4, a.started_at_ms);
+      s.Bind(5, a.ended_at_ms);
+      s.Bind(6, a.outcome);
+      s.BindOpt(7, a.error);
+      if (a.in_use.empty()) {
+        s.BindNull(8);
+      } else {
+        s.Bind(8, json(a.in_use).dump());
+      }
+      DESPOOL_RETURN_IF_ERROR(Step(s, "insert attempt"));
+    }
+    const std::int64_t now = NowMs();
+    for (const auto& dp : b.new_dps) {
+      insert_dp_->Bind(1, dp);
+      insert_dp_->Bind(2, now);
+      DESPOOL_RETURN_IF_ERROR(Step(*insert_dp_, "insert dp"));
+    }
+    for (const auto& e : b.events) {
+      Stmt& s = *insert_event_;
+      s.Bind(1, static_cast<std::int64_t>(e.seq));
+      s.Bind(2, e.at_ms);
+      s.Bind(3, e.job.dp);
+      s.Bind(4, e.job.package);
+      s.Bind(5, JobInfoToJson(e.job).dump());
+      DESPOOL_RETURN_IF_ERROR(Step(s, "insert event"));
+    }
+    if (!b.events.empty()) {
+      set_meta_->Bind(1, std::string("last_event_seq"));
+      set_meta_->Bind(2, std::to_string(b.events.back().seq));
+      DESPOOL_RETURN_IF_ERROR(Step(*set_meta_, "set last_event_seq"));
+    }
+    if (b.next_job_seq) {
+      set_meta_->Bind(1, std::string("next_job_seq"));
+      set_meta_->Bind(2, std::to_string(*b.next_job_seq));
+      DESPOOL_RETURN_IF_ERROR(Step(*set_meta_, "set next_job_seq"));
+    }
+    return Status::Ok();
+  }
+
+  // Deletes events beyond the retention window; batched so it runs rarely (10% slack).
+  void MaybePruneEvents() {
+    if (opts_.events_retention == 0 || last_event_ < opts_.events_retention) return;
+    const std::uint64_t keep_from = last_event_ - opts_.events_retention + 1;
+    if (oldest_event_ + opts_.events_retention / 10 + 1 > keep_from) return;
+    if (Exec("DELETE FROM events WHERE seq < " + std::to_string(keep_from)).ok()) oldest_event_ = keep_from;
+  }
+
+  SqliteOptions opts_;
+  sqlite3* db_ = nullptr;
+  std::unique_ptr<Stmt> upsert_job_, insert_attempt_, insert_dp_, insert_event_, set_meta_, begin_,
+      commit_, rollback_;
+  std::uint64_t oldest_event_ = 0;
+  std::uint64_t last_event_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, const SqliteOptions& opts) {
+  if (path != ":memory:" && !path.empty()) {
+    std::error_code ec;
+    const auto parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    if (ec) return MakeError(ErrorCode::kIo, "create store directory " + parent.string() + ": " + ec.message());
+  }
+  auto store = std::make_unique<SqliteStore>(opts);
+  DESPOOL_RETURN_IF_ERROR(store->Open(path));
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace despool::broker
