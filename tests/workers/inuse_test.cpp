@@ -272,6 +272,23 @@ INSTANTIATE_TEST_SUITE_P(Probes, InUsePathTest, ::testing::Values("lease", "proc
 
 // ---- lease specifics -----------------------------------------------------------------------
 
+TEST_F(InUseTest, LeaseProbeSplitsWorkOverThreads) {
+  std::vector<std::string> paths;
+  for (int i = 0; i < 600; ++i) {
+    paths.push_back("many/d" + std::to_string(i % 7) + "/f" + std::to_string(i));
+    WriteFile(pkg_ / paths.back(), "x");
+  }
+  std::sort(paths.begin(), paths.end());
+  HolderProcess first(HolderProcess::Mode::kOpen, Abs(paths[3]));
+  HolderProcess last(HolderProcess::Mode::kMmap, Abs(paths[590]));
+  ASSERT_TRUE(first.ready() && last.ready()) << first.error() << last.error();
+  for (unsigned threads : {1u, 2u, 3u, 8u}) {
+    auto report = MakeLeaseProbe({threads, 50})->Check(dirfd_, paths);
+    ASSERT_TRUE(report.ok()) << report.error().ToString();
+    EXPECT_THAT(report->in_use, ElementsAre(paths[3], paths[590])) << threads << " threads";
+  }
+}
+
 TEST_F(InUseTest, LeaseProbeRefusesWhileSigioWouldKill) {
   struct sigaction dfl {}, old {};
   dfl.sa_handler = SIG_DFL;
@@ -489,6 +506,8 @@ TEST_F(FakeProcTest, FindsFdAndMapsHoldersAndSkipsVanishedAndKernelThreads) {
   fs::create_symlink("/dev/null", proc_ / "10/fd/0");
   AddProcess(11, "mapper", 0, fs::perms(0755), MapsLine("sub/deep/c.bin"));
   AddProcess(2, "kthreadd", 0x00208040, fs::perms::none);  // PF_KTHREAD: unreadable fd dir is fine
+  AddProcess(13, "zombie", 0, fs::perms::none);            // a zombie holds nothing either
+  WriteFile(proc_ / "13/stat", "13 (zombie) Z 1 1 1 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0\n");
   fs::create_directories(proc_ / "12");                      // vanished: no fd, no maps
   fs::create_directories(proc_ / "self");                    // not a pid
   WriteFile(proc_ / "meminfo", "");

@@ -5,7 +5,7 @@
 //
 // Completeness: a process whose fd directory or maps cannot be read (EACCES/EPERM: another
 // user's process without CAP_SYS_PTRACE, hidepid=1) makes the report incomplete, naming the pid —
-// except kernel threads (PF_KTHREAD), which have no files or mappings of their own. A process
+// except kernel threads (PF_KTHREAD) and zombies, which have no files or mappings of their own. A process
 // that exits mid-scan (ENOENT/ESRCH) simply held nothing. Not seen (as with fuser): processes in
 // other PID namespaces, and threads that unshared their descriptor table (CLONE_FILES unset).
 #include <dirent.h>
@@ -96,7 +96,9 @@ int ForEachEntry(int dirfd, Fn&& fn) {
   }
 }
 
-bool IsKernelThread(int pid_dirfd) {
+// A kernel thread (PF_KTHREAD) or a zombie: no descriptors or mappings of its own, so an
+// unreadable fd dir or maps hides nothing. Read from /proc/<pid>/stat, which anyone may read.
+bool HoldsNoFiles(int pid_dirfd) {
   std::string stat;
   if (ReadAll(pid_dirfd, "stat", stat) != 0) return false;
   std::size_t paren = stat.rfind(')');
@@ -104,6 +106,8 @@ bool IsKernelThread(int pid_dirfd) {
   // After "pid (comm)": state ppid pgrp session tty_nr tpgid flags ...
   const char* p = stat.data() + paren + 1;
   const char* end = stat.data() + stat.size();
+  while (p < end && *p == ' ') ++p;
+  if (p < end && (*p == 'Z' || *p == 'X')) return true;
   for (int field = 0; field < 6; ++field) {
     while (p < end && *p == ' ') ++p;
     while (p < end && *p != ' ') ++p;
@@ -171,7 +175,7 @@ class Scanner {
     if (!fd_dir.ok()) {
       int err = errno;
       if (Vanished(err)) return false;
-      if (!IsKernelThread(pid_dirfd)) Unreadable(pid, "fd", err);
+      if (!HoldsNoFiles(pid_dirfd)) Unreadable(pid, "fd", err);
       return false;
     }
     int failed = 0;
@@ -196,7 +200,7 @@ class Scanner {
     int err = ReadAll(pid_dirfd, "maps", maps_);
     if (err != 0) {
       if (Vanished(err)) return false;
-      if (!IsKernelThread(pid_dirfd)) Unreadable(pid, "maps", err);
+      if (!HoldsNoFiles(pid_dirfd)) Unreadable(pid, "maps", err);
       return false;
     }
     // Each line: "start-end perms offset MAJ:MIN inode   path". Hex device numbers.

@@ -6,6 +6,7 @@
 // that into a deferral or a retryable error — never into a switch.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,7 +50,14 @@ class InUseProbe {
 // Write-lease probe: fcntl(F_SETLEASE, F_WRLCK) is granted only when no other descriptor (and no
 // mapping, no running executable) refers to the file. Exact and fast; cannot name holders.
 // Fails with kFailedPrecondition when leases are unavailable (EINVAL, EACCES/EPERM, disabled).
-std::unique_ptr<InUseProbe> MakeLeaseProbe();
+struct LeaseProbeOptions {
+  // Files are probed by up to this many threads (0: hardware concurrency, at most 4), each
+  // taking a contiguous share of at least min_files_per_thread files. Probing is syscall-bound
+  // (open, fcntl x2, close per file): two threads nearly halve 10,000 files.
+  unsigned threads = 0;
+  std::size_t min_files_per_thread = 2000;
+};
+std::unique_ptr<InUseProbe> MakeLeaseProbe(LeaseProbeOptions options = {});
 
 // /proc scan (as fuser does): /proc/*/fd, /proc/*/maps and /proc/*/exe, matching (dev, inode).
 // Names holders. Incomplete when a process's fd/maps cannot be read (permission).
