@@ -298,42 +298,49 @@ template <typename V, Is<EnvelopeHead> S> void Fields(V& v, S& x) {
 // ---------------------------------------------------------------------------------------------
 // Rules that span fields, applied after a struct decoded.
 
-template <typename T>
-Status CrossCheck(const T&) { return Status::Ok(); }
+// A failed cross-field rule: the field it blames and why.
+struct FieldError {
+  std::string field;
+  std::string message;
+};
+using CrossResult = std::optional<FieldError>;
 
-Status Invalid(std::string message) {
-  return MakeError(ErrorCode::kInvalidArgument, std::move(message));
-}
+template <typename T>
+CrossResult CrossCheck(const T&) { return std::nullopt; }
 
 // A refresh names one package, version and source; a verify may leave package and source empty.
-Status CheckJobTarget(JobKind kind, const std::string& package, const std::string& source) {
-  if (kind == JobKind::kRefresh && package.empty()) return Invalid("package: required for refresh");
-  if (kind == JobKind::kRefresh && source.empty()) return Invalid("source: required for refresh");
-  return Status::Ok();
+CrossResult CheckJobTarget(JobKind kind, const std::string& package, const std::string& source) {
+  if (kind == JobKind::kRefresh && package.empty()) {
+    return FieldError{"package", "required for refresh"};
+  }
+  if (kind == JobKind::kRefresh && source.empty()) return FieldError{"source", "required for refresh"};
+  return std::nullopt;
 }
 
-Status CrossCheck(const Instruction& x) {
-  DESPOOL_RETURN_IF_ERROR(CheckJobTarget(x.kind, x.package, x.source));
-  if (x.dps.empty() && x.dp_groups.empty()) return Invalid("dps: at least one DP or DP group needed");
-  if (x.dps.size() + x.dp_groups.size() > kMaxDpsPerInstruction) {
-    return Invalid("dps: more than " + std::to_string(kMaxDpsPerInstruction) +
-                   " DPs and DP groups in one instruction");
+CrossResult CrossCheck(const Instruction& x) {
+  if (auto error = CheckJobTarget(x.kind, x.package, x.source)) return error;
+  if (x.dps.empty() && x.dp_groups.empty()) {
+    return FieldError{"dps", "at least one DP or DP group needed"};
   }
-  return Status::Ok();
+  if (x.dps.size() + x.dp_groups.size() > kMaxDpsPerInstruction) {
+    return FieldError{"dps", "more than " + std::to_string(kMaxDpsPerInstruction) +
+                                 " DPs and DP groups in one instruction"};
+  }
+  return std::nullopt;
 }
-Status CrossCheck(const RetryPolicy& x) {
+CrossResult CrossCheck(const RetryPolicy& x) {
   if (x.retry_base_ms && x.retry_max_ms && *x.retry_base_ms > 0 && *x.retry_max_ms > 0 &&
       *x.retry_base_ms > *x.retry_max_ms) {
-    return Invalid("retry_base_ms: above retry_max_ms");
+    return FieldError{"retry_base_ms", "above retry_max_ms"};
   }
-  return Status::Ok();
+  return std::nullopt;
 }
-Status CrossCheck(const SubmitRequest& x) {
-  if (x.instructions.empty()) return Invalid("instructions: at least one instruction needed");
-  return Status::Ok();
+CrossResult CrossCheck(const SubmitRequest& x) {
+  if (x.instructions.empty()) return FieldError{"instructions", "at least one instruction needed"};
+  return std::nullopt;
 }
-Status CrossCheck(const JobInfo& x) { return CheckJobTarget(x.kind, x.package, x.source); }
-Status CrossCheck(const Dispatch& x) { return CheckJobTarget(x.kind, x.package, x.source); }
+CrossResult CrossCheck(const JobInfo& x) { return CheckJobTarget(x.kind, x.package, x.source); }
+CrossResult CrossCheck(const Dispatch& x) { return CheckJobTarget(x.kind, x.package, x.source); }
 
 // ---------------------------------------------------------------------------------------------
 // Wire names of the body types (PROTOCOL.md's message table).
@@ -499,8 +506,11 @@ class Reader {
     Fields(*this, s);
     map_ = outer;
     if (failed_) return;
-    Status status = CrossCheck(s);
-    if (!status.ok()) Fail(status.error().message);
+    if (CrossResult error = CrossCheck(s)) {
+      path_ += path_.empty() ? "" : ".";
+      path_ += error->field;
+      Fail(error->message);
+    }
   }
 
   template <typename T>
