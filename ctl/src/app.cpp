@@ -10,9 +10,9 @@
 #include <map>
 #include <optional>
 #include <set>
-#include <toml++/toml.h>
 
 #include "despool/common/cli.h"
+#include "despool/common/config.h"
 #include "despool/common/duration.h"
 #include "despool/common/logging.h"
 #include "despool/common/names.h"
@@ -130,58 +130,29 @@ struct Ctx {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The config file (config/despoolctl.toml): broker, events, timeout, json, log_level,
-// log_format. Flags given on the command line win.
+// The config file (config/despoolctl.toml): broker, events, timeout, json, [log] level and
+// format. Flags given on the command line win.
 
 void ApplyConfig(const std::string& path, Globals& g, const CLI::App& app) {
-  toml::table root;
-  try {
-    root = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    throw UsageError{"config " + path + ":" + std::to_string(e.source().begin.line) + ": " +
-                     std::string(e.description())};
-  }
-  auto given = [&](const char* flag) { return app.get_option(flag)->count() > 0; };
-  auto at = [&](const toml::node& n, const std::string& what) {
-    return UsageError{"config " + path + ":" + std::to_string(n.source().begin.line) + ": " + what};
-  };
-  auto str = [&](const toml::node& n, const std::string& key) {
-    if (!n.is_string()) throw at(n, key + " must be a string");
-    return *n.value<std::string>();
-  };
-  for (const auto& [k, node] : root) {
-    const std::string key(k.str());
-    if (key == "broker") {
-      auto v = str(node, key);
-      if (!given("--broker")) g.broker = v;
-    } else if (key == "events") {
-      auto v = str(node, key);
-      if (!given("--events")) g.events = v;
-    } else if (key == "timeout") {
-      std::string v;
-      if (node.is_integer()) {
-        if (*node.value<std::int64_t>() < 0) throw at(node, "timeout must not be negative");
-        v = std::to_string(*node.value<std::int64_t>());
-      } else {
-        v = str(node, key);
-      }
-      if (auto d = ParseDuration(v); !d.ok()) throw at(node, "timeout: " + d.error().message);
-      if (!given("--timeout")) g.timeout = v;
-    } else if (key == "json") {
-      if (!node.is_boolean()) throw at(node, "json must be true or false");
-      if (!given("--json")) g.json = *node.value<bool>();
-    } else if (key == "log_level") {
-      auto v = str(node, key);
-      if (auto l = ParseLogLevel(v); !l.ok()) throw at(node, l.error().message);
-      g.log_level = v;
-    } else if (key == "log_format") {
-      auto v = str(node, key);
-      if (auto l = ParseLogFormat(v); !l.ok()) throw at(node, l.error().message);
-      g.log_format = v;
-    } else {
-      throw at(node, "unknown key '" + key + "' (expected broker, events, timeout, json, log_level, log_format)");
-    }
-  }
+  auto reader = ConfigReader::Load(path);
+  if (!reader.ok()) throw UsageError{"config " + reader.error().message};
+  auto root = reader->Root();
+  std::string broker = g.broker, events = g.events;
+  Millis timeout = ToDuration(g.timeout);
+  bool json = g.json;
+  root.Get("broker", broker);
+  root.Get("events", events);
+  root.Get("timeout", timeout);
+  root.Get("json", json);
+  auto log = root.Section("log");
+  log.Get("level", g.log_level);
+  log.Get("format", g.log_format);
+  if (auto s = reader->Finish(); !s.ok()) throw UsageError{"config " + s.error().message};
+  auto given = [&](const char* flag) { return GivenOnCommandLine(app.get_option(flag)); };
+  if (!given("--broker")) g.broker = broker;
+  if (!given("--events")) g.events = events;
+  if (!given("--timeout")) g.timeout = FormatDuration(timeout);
+  if (!given("--json")) g.json = json;
 }
 
 // ---------------------------------------------------------------------------------------------
