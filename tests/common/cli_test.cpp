@@ -95,6 +95,31 @@ TEST(CliTest, HelpAndVersionExitZero) {
   EXPECT_NE(sub_help.out.str().find("package version"), std::string::npos);
 }
 
+TEST(CliTest, HelpAndVersionWinOverMissingRequirements) {
+  for (const char* flag : {"--version", "--help"}) {
+    CLI::App app("worker", "despool-worker");
+    CommonOptions common;
+    AddCommonOptions(app, common);
+    std::vector<std::string> dps;
+    app.add_option("--dp", dps, "NAME=ROOT")->required();
+    std::ostringstream out, err;
+    EXPECT_EQ(RunCli(app, {flag}, [] { return 0; }, out, err), kExitOk) << flag << err.str();
+    EXPECT_FALSE(out.str().empty());
+    std::ostringstream out2, err2;
+    EXPECT_EQ(RunCli(app, {}, [] { return 0; }, out2, err2), kExitUsage);  // --dp missing
+    EXPECT_NE(err2.str().find("--dp"), std::string::npos) << err2.str();
+  }
+  CLI::App ctl("ctl", "despoolctl");
+  CommonOptions common;
+  AddCommonOptions(ctl, common);
+  ctl.add_subcommand("status", "status");
+  ctl.require_subcommand(1);
+  std::ostringstream out, err;
+  EXPECT_EQ(RunCli(ctl, {"--version"}, [] { return 0; }, out, err), kExitOk);
+  EXPECT_EQ(RunCli(ctl, {}, [] { return 0; }, out, err), kExitUsage);
+  EXPECT_EQ(RunCli(ctl, {"bogus"}, [] { return 0; }, out, err), kExitUsage);
+}
+
 TEST(CliTest, SubcommandVersionIsItsOwnOption) {
   Program p;
   ASSERT_EQ(p.Run({"submit", "--version", "42"}), 0) << p.err.str();

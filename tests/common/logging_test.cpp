@@ -6,7 +6,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "despool/common/time.h"
@@ -151,6 +153,31 @@ TEST_F(LoggingTest, ReSetupRepointsExistingLoggers) {
   EXPECT_EQ(parsed[0].at("logger"), "early-component");
   EXPECT_EQ(parsed[1].at("logger"), "despool");
   EXPECT_EQ(GetLogger("early-component"), early);
+}
+
+TEST_F(LoggingTest, ConcurrentLoggersNeverInterleaveLines) {
+  Log(spdlog::level::info, LogFormat::kJson);
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 200;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t] {
+      // Every thread asks for the same and its own logger: creation races are part of the test.
+      auto shared = GetLogger("shared");
+      auto own = GetLogger("thread-" + std::to_string(t));
+      for (int i = 0; i < kPerThread; ++i) {
+        (i % 2 ? shared : own)->info("line\nwith \"quotes\" t={} i={}", t, i);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const auto parsed = JsonLines();
+  ASSERT_EQ(parsed.size(), static_cast<std::size_t>(kThreads * kPerThread));
+  std::set<std::pair<std::string, std::string>> seen;
+  for (const auto& line : parsed) {
+    seen.emplace(line.at("fields").at("t"), line.at("fields").at("i"));
+  }
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(kThreads * kPerThread));
 }
 
 TEST_F(LoggingTest, FileSink) {
