@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -10,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -306,14 +309,15 @@ TEST_F(InUseTest, LeaseProbeRefusesWhileSigioWouldKill) {
   ExpectCompleteUnlessProcessesHidden(*fallback);
 }
 
-// Runs fn in a forked child that (when we are root) drops to nobody, and returns what it wrote.
-std::string RunAsNobody(const std::function<std::string()>& fn) {
+// Runs fn in a forked child (dropping to nobody first if asked and we are root) and returns
+// what it returned.
+std::string RunInChild(bool as_nobody, const std::function<std::string()>& fn) {
   int fds[2];
   if (::pipe(fds) != 0) return "pipe failed";
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(fds[0]);
-    if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
+    if (as_nobody && ::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
                              ::setresuid(kNobody, kNobody, kNobody) != 0)) {
       ::_exit(2);
     }
@@ -337,6 +341,8 @@ std::string RunAsNobody(const std::function<std::string()>& fn) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) out += "\nchild failed, status " + std::to_string(status);
   return out;
 }
+
+std::string RunAsNobody(const std::function<std::string()>& fn) { return RunInChild(true, fn); }
 
 std::string Describe(const Result<InUseReport>& r) {
   if (!r.ok()) return "error " + std::string(ErrorCodeName(r.error().code)) + ": " + r.error().message;
@@ -543,6 +549,26 @@ TEST_F(FakeProcTest, UnreadableProcessMakesReportIncompleteNamingThePid) {
   EXPECT_THAT(out, HasSubstr("pid 4242: cannot read fd"));
   // Nothing found in use, but one process unseen: not "free".
   EXPECT_THAT(out, HasSubstr("auto: complete=0 in_use= reason="));
+}
+
+TEST_F(InUseTest, HidepidProcMountIsIncomplete) {
+  // A private procfs mounted with hidepid=invisible in a child's own mount namespace: the scan
+  // cannot know what it was not shown, so it must say so.
+  std::string mnt = (tmp_ / "hidden-proc").string();
+  fs::create_directories(mnt);
+  int dirfd = dirfd_;
+  std::string out = RunInChild(/*as_nobody=*/false, [&]() -> std::string {
+    if (::unshare(CLONE_NEWNS) != 0) return "skip: unshare: " + std::string(std::strerror(errno));
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return "skip: make-private";
+    if (::mount("proc", mnt.c_str(), "proc", 0, "hidepid=invisible") != 0) {
+      return "skip: mount proc: " + std::string(std::strerror(errno));
+    }
+    std::string plain = Describe(MakeProcProbe(mnt)->Check(dirfd, {"a.txt"}));
+    return plain;
+  });
+  if (out.rfind("skip:", 0) == 0) GTEST_SKIP() << out;
+  EXPECT_THAT(out, HasSubstr("complete=0"));
+  EXPECT_THAT(out, HasSubstr("hidepid"));
 }
 
 TEST_F(FakeProcTest, MissingProcRootIsAnError) {

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include <charconv>
 #include <cstring>
 #include <map>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -124,6 +126,57 @@ std::string ReadComm(int pid_dirfd) {
   if (ReadAll(pid_dirfd, "comm", comm) != 0) return {};
   while (!comm.empty() && comm.back() == '\n') comm.pop_back();
   return comm;
+}
+
+// When proc_root is a procfs mounted with hidepid=invisible (2) or ptraceable (4), processes we
+// may not inspect are not even listed: the scan cannot tell what it missed. Returns why, or ""
+// when every process is listed (or we are in the mount's gid= group, which sees them all).
+// Conservative on purpose: CAP_SYS_PTRACE usually sees through hidepid, but an LSM or a
+// more-privileged supervisor can still hide a process from root.
+std::string HiddenProcessesReason(int proc_fd) {
+  struct statx stx {};
+  if (::statx(proc_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) != 0 || !(stx.stx_mask & STATX_MNT_ID)) return {};
+  std::string mountinfo;
+  Fd self(::open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!self.ok() || ReadAll(self.get(), "mountinfo", mountinfo) != 0) return {};
+  const std::string id = std::to_string(stx.stx_mnt_id) + " ";
+  std::size_t pos = 0;
+  while (pos < mountinfo.size()) {
+    std::size_t eol = mountinfo.find('\n', pos);
+    if (eol == std::string::npos) eol = mountinfo.size();
+    std::string_view line(mountinfo.data() + pos, eol - pos);
+    pos = eol + 1;
+    if (line.substr(0, id.size()) != id) continue;
+    // "... - fstype source super_options"
+    std::size_t sep = line.find(" - ");
+    if (sep == std::string_view::npos) return {};
+    std::string_view tail = line.substr(sep + 3);
+    if (tail.substr(0, 5) != "proc ") return {};
+    std::string_view options = tail.substr(tail.rfind(' ') + 1);
+    bool hidden = false;
+    long gid = -1;
+    while (!options.empty()) {
+      std::size_t comma = options.find(',');
+      std::string_view opt = options.substr(0, comma);
+      options = comma == std::string_view::npos ? std::string_view() : options.substr(comma + 1);
+      if (opt == "hidepid=2" || opt == "hidepid=invisible" || opt == "hidepid=4" || opt == "hidepid=ptraceable") {
+        hidden = true;
+      } else if (opt.substr(0, 4) == "gid=") {
+        std::from_chars(opt.data() + 4, opt.data() + opt.size(), gid);
+      }
+    }
+    if (!hidden) return {};
+    if (gid >= 0) {
+      if (static_cast<gid_t>(gid) == ::getegid()) return {};
+      std::vector<gid_t> groups(static_cast<std::size_t>(std::max(::getgroups(0, nullptr), 0)));
+      int n = ::getgroups(static_cast<int>(groups.size()), groups.data());
+      for (int i = 0; i < n; ++i) {
+        if (groups[static_cast<std::size_t>(i)] == static_cast<gid_t>(gid)) return {};
+      }
+    }
+    return "procfs is mounted with hidepid: processes we may not inspect are not listed";
+  }
+  return {};
 }
 
 class Scanner {
@@ -301,6 +354,9 @@ class ProcProbe final : public InUseProbe {
         Error e = SysError("proc probe: open " + proc_root_, errno);
         e.code = ErrorCode::kFailedPrecondition;
         return e;
+      }
+      if (std::string hidden = HiddenProcessesReason(proc.get()); !hidden.empty()) {
+        problems.push_back(std::move(hidden));
       }
       Scanner scanner(targets);
       int rc = ForEachEntry(proc.get(), [&](const char* name) {
