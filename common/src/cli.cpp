@@ -58,15 +58,15 @@ void AddCommonOptions(CLI::App& app, CommonOptions& options) {
           ->type_name("LEVEL")
           ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
           ->default_str("info");
-  options.log_format_option =
-      app.add_option("--log-format", options.log_format,
-                     "Log format: text|json (json: one object per line)")
-          ->type_name("FORMAT")
-          ->check(CLI::IsMember({"text", "json"}))
-          ->default_str("text");
+  options.log_format_option = app.add_option("--log-format", options.log_format,
+                                             "Log format: text|json (json: one object per line)")
+                                  ->type_name("FORMAT")
+                                  ->check(CLI::IsMember({"text", "json"}))
+                                  ->default_str("text");
   const CLI::App* app_ptr = &app;
-  app.set_version_flag("--version", [app_ptr] { return ProgramName(*app_ptr) + " " DESPOOL_VERSION; },
-                       "Print the program version and exit");
+  app.set_version_flag(
+      "--version", [app_ptr] { return ProgramName(*app_ptr) + " " DESPOOL_VERSION; },
+      "Print the program version and exit");
 }
 
 Result<LogOptions> ResolveLogOptions(const CommonOptions& flags, std::string_view config_level,

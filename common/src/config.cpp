@@ -1,9 +1,10 @@
 #include "despool/common/config.h"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 #include <unordered_set>
 
 #include "despool/common/duration.h"
@@ -18,8 +19,8 @@ struct Problem {
 
 struct State {
   toml::table root;
-  std::string source;                             // file name for messages
-  std::unordered_set<const toml::node*> known;    // values some getter asked about
+  std::string source;                           // file name for messages
+  std::unordered_set<const toml::node*> known;  // values some getter asked about
   std::vector<Problem> problems;
 
   void Add(std::uint32_t line, std::string text) { problems.push_back({line, std::move(text)}); }
@@ -33,16 +34,26 @@ using config_detail::State;
 
 const char* TypeName(const toml::node& node) {
   switch (node.type()) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    default: return "nothing";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    default:
+      return "nothing";
   }
 }
 
@@ -98,7 +109,9 @@ std::string Truncated(std::string_view text) {
 
 // --- ConfigSection ---------------------------------------------------------------------------
 
-std::string ConfigSection::PathOf(std::string_view key) const { return Join(path_, key); }
+std::string ConfigSection::PathOf(std::string_view key) const {
+  return Join(path_, key);
+}
 
 bool ConfigSection::Has(std::string_view key) const {
   return table_ != nullptr && table_->get(key) != nullptr;
@@ -126,8 +139,7 @@ void ConfigSection::AddTypeError(std::string_view key, const toml::node& node,
 }
 
 void ConfigSection::AddMissing(std::string_view key) {
-  state_->Add(table_ != nullptr ? LineOf(*table_) : 0,
-              PathOf(key) + ": missing required key");
+  state_->Add(table_ != nullptr ? LineOf(*table_) : 0, PathOf(key) + ": missing required key");
 }
 
 bool ConfigSection::Get(std::string_view key, std::string& out) {
@@ -184,8 +196,8 @@ bool ConfigSection::GetInteger(std::string_view key, std::int64_t& out, std::int
     return false;
   }
   if (v < min || v > max) {
-    AddError(key, "out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]: " +
-                      std::to_string(v));
+    AddError(key, "out of range [" + std::to_string(min) + ", " + std::to_string(max) +
+                      "]: " + std::to_string(v));
     return false;
   }
   out = v;
@@ -265,8 +277,7 @@ std::vector<ConfigSection> ConfigSection::Sections(std::string_view key) {
     const auto* table = (*array)[i].as_table();
     const std::string path = PathOf(key) + "[" + std::to_string(i) + "]";
     if (table == nullptr) {
-      state_->Add(LineOf((*array)[i]),
-                  path + ": expected a table, got " + TypeName((*array)[i]));
+      state_->Add(LineOf((*array)[i]), path + ": expected a table, got " + TypeName((*array)[i]));
       continue;
     }
     state_->known.insert(table);
@@ -298,9 +309,9 @@ Result<ConfigReader> ConfigReader::Parse(std::string_view text, std::string_view
     state->root = toml::parse(text, source_name);
   } catch (const toml::parse_error& e) {
     const auto& begin = e.source().begin;
-    return MakeError(ErrorCode::kInvalidArgument,
-                     state->source + ":" + std::to_string(begin.line) + ":" +
-                         std::to_string(begin.column) + ": " + std::string(e.description()));
+    return MakeError(ErrorCode::kInvalidArgument, state->source + ":" + std::to_string(begin.line) +
+                                                      ":" + std::to_string(begin.column) + ": " +
+                                                      std::string(e.description()));
   }
   return ConfigReader(std::move(state));
 }
@@ -321,7 +332,9 @@ Result<ConfigReader> ConfigReader::Load(const std::string& path) {
   return Parse(std::string_view(content), path);
 }
 
-ConfigSection ConfigReader::Root() { return ConfigSection(state_, &state_->root, ""); }
+ConfigSection ConfigReader::Root() {
+  return ConfigSection(state_, &state_->root, "");
+}
 
 Status ConfigReader::Finish() {
   std::vector<config_detail::Problem> problems = state_->problems;

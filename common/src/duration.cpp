@@ -8,13 +8,14 @@ namespace {
 using std::chrono::milliseconds;
 
 Error Invalid(std::string_view text, std::string_view why) {
-  return MakeError(ErrorCode::kInvalidArgument, "invalid duration '" +
-                                                    std::string(text.substr(0, 64)) + "': " +
-                                                    std::string(why) +
-                                                    " (expected e.g. 250ms, 30s, 5m, 2h)");
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "invalid duration '" + std::string(text.substr(0, 64)) +
+                       "': " + std::string(why) + " (expected e.g. 250ms, 30s, 5m, 2h)");
 }
 
-bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsDigit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 constexpr std::uint64_t kMaxMs = static_cast<std::uint64_t>(kMaxDuration.count());
 
@@ -108,13 +109,15 @@ std::string FormatDuration(milliseconds d) {
 std::string FormatRelative(std::int64_t now_ms, std::int64_t t_ms) {
   const bool future = t_ms > now_ms;
   // |t - now| in unsigned arithmetic: cannot overflow for any pair of int64 values.
-  const std::uint64_t diff = future ? static_cast<std::uint64_t>(t_ms) - static_cast<std::uint64_t>(now_ms)
-                                    : static_cast<std::uint64_t>(now_ms) - static_cast<std::uint64_t>(t_ms);
+  const std::uint64_t diff =
+      future ? static_cast<std::uint64_t>(t_ms) - static_cast<std::uint64_t>(now_ms)
+             : static_cast<std::uint64_t>(now_ms) - static_cast<std::uint64_t>(t_ms);
   if (diff < 1000) return "now";
-  std::uint64_t truncated = diff - diff % 1000;           // whole seconds
-  if (diff >= 3600000) truncated = diff - diff % 60000;   // whole minutes
+  std::uint64_t truncated = diff - diff % 1000;          // whole seconds
+  if (diff >= 3600000) truncated = diff - diff % 60000;  // whole minutes
   const std::string text = FormatDuration(milliseconds(static_cast<std::int64_t>(
-      truncated > static_cast<std::uint64_t>(INT64_MAX) ? INT64_MAX - INT64_MAX % 60000 : truncated)));
+      truncated > static_cast<std::uint64_t>(INT64_MAX) ? INT64_MAX - INT64_MAX % 60000
+                                                        : truncated)));
   return future ? "in " + text : text + " ago";
 }
 

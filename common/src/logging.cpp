@@ -19,13 +19,20 @@ constexpr const char* kBaseLoggerName = "despool";
 
 const char* LevelName(spdlog::level::level_enum level) {
   switch (level) {
-    case spdlog::level::trace: return "trace";
-    case spdlog::level::debug: return "debug";
-    case spdlog::level::info: return "info";
-    case spdlog::level::warn: return "warn";
-    case spdlog::level::err: return "error";
-    case spdlog::level::critical: return "critical";
-    default: return "off";
+    case spdlog::level::trace:
+      return "trace";
+    case spdlog::level::debug:
+      return "debug";
+    case spdlog::level::info:
+      return "info";
+    case spdlog::level::warn:
+      return "warn";
+    case spdlog::level::err:
+      return "error";
+    case spdlog::level::critical:
+      return "critical";
+    default:
+      return "off";
   }
 }
 
@@ -36,7 +43,8 @@ std::int64_t MsSinceEpoch(const spdlog::details::log_msg& msg) {
 // %L in our text pattern: the level as --log-level spells it ("warn", not "warning").
 class LevelFlag final : public spdlog::custom_flag_formatter {
  public:
-  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
     const std::string_view name = LevelName(msg.level);
     dest.append(name.data(), name.data() + name.size());
   }
@@ -48,7 +56,8 @@ class LevelFlag final : public spdlog::custom_flag_formatter {
 // %T in our text pattern: RFC 3339 UTC with milliseconds, same as the JSON "ts".
 class TimeFlag final : public spdlog::custom_flag_formatter {
  public:
-  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
     const std::string ts = FormatRfc3339Ms(MsSinceEpoch(msg));
     dest.append(ts.data(), ts.data() + ts.size());
   }
@@ -64,7 +73,8 @@ std::unique_ptr<spdlog::formatter> MakeFormatter(LogFormat format) {
   return text;
 }
 
-std::shared_ptr<spdlog::logger> MakeBaseLogger(spdlog::sink_ptr sink, spdlog::level::level_enum level) {
+std::shared_ptr<spdlog::logger> MakeBaseLogger(spdlog::sink_ptr sink,
+                                               spdlog::level::level_enum level) {
   auto logger = std::make_shared<spdlog::logger>(kBaseLoggerName, std::move(sink));
   logger->set_level(level);
   logger->flush_on(spdlog::level::trace);  // low volume; a crash must not lose the last lines
@@ -90,11 +100,15 @@ std::shared_ptr<spdlog::logger> BaseLogger() {
   }
 }
 
-bool IsKeyStart(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
+bool IsKeyStart(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
 bool IsKeyChar(char c) {
   return IsKeyStart(c) || (c >= '0' && c <= '9') || c == '.' || c == '-';
 }
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -118,9 +132,9 @@ Result<spdlog::level::level_enum> ParseLogLevel(std::string_view text) {
 Result<LogFormat> ParseLogFormat(std::string_view text) {
   if (text == "text") return LogFormat::kText;
   if (text == "json") return LogFormat::kJson;
-  return MakeError(ErrorCode::kInvalidArgument, "invalid log format '" +
-                                                    std::string(text.substr(0, 32)) +
-                                                    "' (expected text or json)");
+  return MakeError(
+      ErrorCode::kInvalidArgument,
+      "invalid log format '" + std::string(text.substr(0, 32)) + "' (expected text or json)");
 }
 
 Result<LogOptions> MakeLogOptions(std::string_view level, std::string_view format) {
@@ -187,11 +201,21 @@ std::string LogQuote(std::string_view value) {
   for (const char c : value) {
     const auto u = static_cast<unsigned char>(c);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         if (u < 0x20 || u == 0x7f) {
           static constexpr char kHex[] = "0123456789abcdef";
@@ -245,9 +269,15 @@ std::map<std::string, std::string> ParseLogFields(std::string_view message) {
         }
         const char e = message[i++];
         switch (e) {
-          case 'n': value += '\n'; break;
-          case 't': value += '\t'; break;
-          case 'r': value += '\r'; break;
+          case 'n':
+            value += '\n';
+            break;
+          case 't':
+            value += '\t';
+            break;
+          case 'r':
+            value += '\r';
+            break;
           case 'x':
             if (i + 1 < n && HexValue(message[i]) >= 0 && HexValue(message[i + 1]) >= 0) {
               value += static_cast<char>(HexValue(message[i]) * 16 + HexValue(message[i + 1]));
@@ -256,7 +286,9 @@ std::map<std::string, std::string> ParseLogFields(std::string_view message) {
               value += "\\x";
             }
             break;
-          default: value += e; break;  // \" \\ and anything else: the character itself
+          default:
+            value += e;
+            break;  // \" \\ and anything else: the character itself
         }
       }
       // An unterminated quote or text glued to the closing quote is not a field.

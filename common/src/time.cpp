@@ -16,9 +16,9 @@ constexpr std::int64_t kMinMs = -62167219200000;
 constexpr std::int64_t kMaxMs = 253402300799999;
 
 Error Invalid(std::string_view text, std::string_view why) {
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "invalid RFC 3339 timestamp '" + std::string(text.substr(0, 64)) + "': " +
-                       std::string(why));
+  return MakeError(
+      ErrorCode::kInvalidArgument,
+      "invalid RFC 3339 timestamp '" + std::string(text.substr(0, 64)) + "': " + std::string(why));
 }
 
 // Reads exactly n digits at pos; false if any is not a digit.
@@ -46,16 +46,17 @@ std::string FormatRfc3339Ms(std::int64_t ms_since_epoch) {
   const milliseconds since{ms};
   const sys_days day = std::chrono::floor<days>(std::chrono::sys_time<milliseconds>(since));
   const std::chrono::year_month_day ymd{day};
-  std::int64_t in_day = ms - std::chrono::duration_cast<milliseconds>(day.time_since_epoch()).count();
+  std::int64_t in_day =
+      ms - std::chrono::duration_cast<milliseconds>(day.time_since_epoch()).count();
   const int millis = static_cast<int>(in_day % 1000);
   in_day /= 1000;
   const int sec = static_cast<int>(in_day % 60);
   const int min = static_cast<int>((in_day / 60) % 60);
   const int hour = static_cast<int>(in_day / 3600);
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<int>(ymd.year()),
-                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()), hour, min, sec,
-                millis);
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ",
+                static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
+                static_cast<unsigned>(ymd.day()), hour, min, sec, millis);
   return buf;
 }
 

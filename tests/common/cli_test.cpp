@@ -23,7 +23,13 @@ struct Program {
 
   int Run(std::vector<std::string> args) {
     ran = false;
-    return RunCli(app, std::move(args), [this] { ran = true; return 0; }, out, err);
+    return RunCli(
+        app, std::move(args),
+        [this] {
+          ran = true;
+          return 0;
+        },
+        out, err);
   }
 
   CLI::App app;
@@ -40,10 +46,14 @@ struct Program {
 };
 
 TEST(CliTest, ParseErrorsExitTwo) {
-  for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"--no-such-flag"}, {"--limit", "abc"}, {"--limit"},
-        {"--log-level", "verbose"}, {"--log-format", "xml"}, {"--timeout", "5x"},
-        {"--config", "/nonexistent/despool.toml"}, {"unexpected-positional"}}) {
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--no-such-flag"},
+                                               {"--limit", "abc"},
+                                               {"--limit"},
+                                               {"--log-level", "verbose"},
+                                               {"--log-format", "xml"},
+                                               {"--timeout", "5x"},
+                                               {"--config", "/nonexistent/despool.toml"},
+                                               {"unexpected-positional"}}) {
     Program p;
     EXPECT_EQ(p.Run(args), kExitUsage) << args[0];
     EXPECT_FALSE(p.ran);
@@ -103,10 +113,15 @@ TEST(CliTest, HelpAndVersionWinOverMissingRequirements) {
     std::vector<std::string> dps;
     app.add_option("--dp", dps, "NAME=ROOT")->required();
     std::ostringstream out, err;
-    EXPECT_EQ(RunCli(app, {flag}, [] { return 0; }, out, err), kExitOk) << flag << err.str();
+    EXPECT_EQ(RunCli(
+                  app, {flag}, [] { return 0; }, out, err),
+              kExitOk)
+        << flag << err.str();
     EXPECT_FALSE(out.str().empty());
     std::ostringstream out2, err2;
-    EXPECT_EQ(RunCli(app, {}, [] { return 0; }, out2, err2), kExitUsage);  // --dp missing
+    EXPECT_EQ(RunCli(
+                  app, {}, [] { return 0; }, out2, err2),
+              kExitUsage);  // --dp missing
     EXPECT_NE(err2.str().find("--dp"), std::string::npos) << err2.str();
   }
   CLI::App ctl("ctl", "despoolctl");
@@ -115,9 +130,15 @@ TEST(CliTest, HelpAndVersionWinOverMissingRequirements) {
   ctl.add_subcommand("status", "status");
   ctl.require_subcommand(1);
   std::ostringstream out, err;
-  EXPECT_EQ(RunCli(ctl, {"--version"}, [] { return 0; }, out, err), kExitOk);
-  EXPECT_EQ(RunCli(ctl, {}, [] { return 0; }, out, err), kExitUsage);
-  EXPECT_EQ(RunCli(ctl, {"bogus"}, [] { return 0; }, out, err), kExitUsage);
+  EXPECT_EQ(RunCli(
+                ctl, {"--version"}, [] { return 0; }, out, err),
+            kExitOk);
+  EXPECT_EQ(RunCli(
+                ctl, {}, [] { return 0; }, out, err),
+            kExitUsage);
+  EXPECT_EQ(RunCli(
+                ctl, {"bogus"}, [] { return 0; }, out, err),
+            kExitUsage);
 }
 
 TEST(CliTest, SubcommandVersionIsItsOwnOption) {
@@ -164,7 +185,8 @@ TEST(CliTest, DefaultsWhenNothingGiven) {
 
 TEST(CliTest, ExceptionFromRunIsRuntimeError) {
   Program p;
-  const int rc = RunCli(p.app, {}, []() -> int { throw std::runtime_error("boom"); }, p.out, p.err);
+  const int rc = RunCli(
+      p.app, {}, []() -> int { throw std::runtime_error("boom"); }, p.out, p.err);
   EXPECT_EQ(rc, kExitError);
   EXPECT_NE(p.err.str().find("boom"), std::string::npos);
 }
@@ -172,7 +194,9 @@ TEST(CliTest, ExceptionFromRunIsRuntimeError) {
 TEST(CliTest, ArgvOverload) {
   Program p;
   const char* argv[] = {"/usr/bin/despoolctl", "--limit", "-5"};
-  EXPECT_EQ(RunCli(p.app, 3, argv, [] { return 0; }, p.out, p.err), kExitUsage);
+  EXPECT_EQ(RunCli(
+                p.app, 3, argv, [] { return 0; }, p.out, p.err),
+            kExitUsage);
   EXPECT_EQ(p.err.str().rfind("despoolctl: ", 0), 0u) << p.err.str();
 }
 

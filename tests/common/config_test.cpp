@@ -70,13 +70,14 @@ tags = ["a", "b"]
 }
 
 TEST(ConfigTest, UnknownKeyNamesKeyAndLine) {
-  auto reader = ParseOk("frontend = \"tcp://127.0.0.1:7400\"\n"
-                        "fronted = \"typo\"\n"
-                        "[retry]\n"
-                        "base = \"30s\"\n"
-                        "bsae = \"1m\"\n"
-                        "[unknown_table]\n"
-                        "x = 1\n");
+  auto reader = ParseOk(
+      "frontend = \"tcp://127.0.0.1:7400\"\n"
+      "fronted = \"typo\"\n"
+      "[retry]\n"
+      "base = \"30s\"\n"
+      "bsae = \"1m\"\n"
+      "[unknown_table]\n"
+      "x = 1\n");
   auto root = reader.Root();
   std::string frontend;
   milliseconds base{};
@@ -92,13 +93,14 @@ TEST(ConfigTest, UnknownKeyNamesKeyAndLine) {
 }
 
 TEST(ConfigTest, BadTypeNamesKeyAndLine) {
-  auto reader = ParseOk("concurrency = \"two\"\n"
-                        "json = 1\n"
-                        "[retry]\n"
-                        "base = \"soon\"\n"
-                        "max = -5\n"
-                        "max_attempts = -1\n"
-                        "tags = [\"a\", 2]\n");
+  auto reader = ParseOk(
+      "concurrency = \"two\"\n"
+      "json = 1\n"
+      "[retry]\n"
+      "base = \"soon\"\n"
+      "max = -5\n"
+      "max_attempts = -1\n"
+      "tags = [\"a\", 2]\n");
   auto root = reader.Root();
   std::uint32_t concurrency = 2;
   bool json = false;
@@ -195,11 +197,13 @@ TEST(ConfigTest, CheckFailureNamesKey) {
   EXPECT_FALSE(retry.Get("on_exhausted", on_exhausted, [](const std::string& v) {
     return v == "dead" || v == "force"
                ? Status::Ok()
-               : Status(MakeError(ErrorCode::kInvalidArgument, "expected dead or force, got '" + v + "'"));
+               : Status(MakeError(ErrorCode::kInvalidArgument,
+                                  "expected dead or force, got '" + v + "'"));
   }));
   EXPECT_EQ(on_exhausted, "dead");
   const auto message = FinishError(reader);
-  EXPECT_TRUE(Contains(message, "test.toml:2: retry.on_exhausted: expected dead or force")) << message;
+  EXPECT_TRUE(Contains(message, "test.toml:2: retry.on_exhausted: expected dead or force"))
+      << message;
 }
 
 TEST(ConfigTest, WrongShapes) {
@@ -336,7 +340,8 @@ TEST(ConfigExamplesTest, Worker) {
   ASSERT_FALSE(dps.empty());
   for (auto& dp : dps) {
     std::string dp_name, dp_root;
-    EXPECT_TRUE(dp.Require("name", dp_name, [](const std::string& n) { return ValidateDpName(n); }));
+    EXPECT_TRUE(
+        dp.Require("name", dp_name, [](const std::string& n) { return ValidateDpName(n); }));
     EXPECT_TRUE(dp.Require("root", dp_root));
     EXPECT_EQ(dp_root.front(), '/');
   }
@@ -367,8 +372,7 @@ TEST(ConfigExamplesTest, EveryExampleIsValidToml) {
     if (entry.path().extension() != ".toml") continue;
     ++count;
     auto reader = ConfigReader::Load(entry.path().string());
-    EXPECT_TRUE(reader.ok()) << entry.path() << ": "
-                             << (reader.ok() ? "" : reader.error().message);
+    EXPECT_TRUE(reader.ok()) << entry.path() << ": " << (reader.ok() ? "" : reader.error().message);
   }
   EXPECT_GE(count, 3u);
 }

@@ -23,9 +23,9 @@ TEST(DurationTest, ParsesContractForms) {
 }
 
 TEST(DurationTest, RejectsGarbage) {
-  for (const char* bad : {"", "-5s", "-1", "+5s", "s", "5x", "5 s", " 5s", "5s ", "1.s", ".5s",
-                          "1..5s", "5sec", "1h30", "abc", "0.5ms", "1.0001s", "5S", "1e3",
-                          "0x10", "30s\n"}) {
+  for (const char* bad :
+       {"",      "-5s",  "-1",   "+5s", "s",     "5x",      "5 s", " 5s", "5s ",  "1.s",  ".5s",
+        "1..5s", "5sec", "1h30", "abc", "0.5ms", "1.0001s", "5S",  "1e3", "0x10", "30s\n"}) {
     auto r = ParseDuration(bad);
     EXPECT_FALSE(r.ok()) << "accepted '" << bad << "'";
     if (!r.ok()) {

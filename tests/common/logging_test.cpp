@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,8 +104,9 @@ TEST_F(LoggingTest, JsonSplitsKeyValueFields) {
 }
 
 TEST(LogFieldsTest, QuoteRoundTrips) {
-  for (const std::string& value : std::vector<std::string>{"simple", "a b", "q\"uote", "back\\slash", "nl\nx", "t\tx",
-                                  std::string("c\x01x"), "k=v", ""}) {
+  for (const std::string& value :
+       std::vector<std::string>{"simple", "a b", "q\"uote", "back\\slash", "nl\nx", "t\tx",
+                                std::string("c\x01x"), "k=v", ""}) {
     const auto fields = ParseLogFields("x=" + LogQuote(value) + " y=1");
     ASSERT_EQ(fields.count("x"), 1u) << value;
     EXPECT_EQ(fields.at("x"), value);

@@ -15,7 +15,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <functional>
 #include <iostream>
@@ -38,9 +37,9 @@ inline constexpr int kExitWaitTimeout = 4;  // --wait: --wait-timeout passed
 // Values of the common flags, plus their Option handles so a program can tell whether a flag
 // was given (flags override the config file).
 struct CommonOptions {
-  std::string config_path;           // --config FILE (must exist); empty = none
-  std::string log_level = "info";    // --log-level trace|debug|info|warn|error
-  std::string log_format = "text";   // --log-format text|json
+  std::string config_path;          // --config FILE (must exist); empty = none
+  std::string log_level = "info";   // --log-level trace|debug|info|warn|error
+  std::string log_format = "text";  // --log-format text|json
   CLI::Option* config_option = nullptr;
   CLI::Option* log_level_option = nullptr;
   CLI::Option* log_format_option = nullptr;

@@ -66,8 +66,7 @@ class ConfigSection {
   bool Get(std::string_view key, std::chrono::milliseconds& out);
   bool Get(std::string_view key, std::vector<std::string>& out);
   template <typename T>
-    requires(std::integral<T> && !std::same_as<T, bool>)
-  bool Get(std::string_view key, T& out) {
+  requires(std::integral<T> && !std::same_as<T, bool>) bool Get(std::string_view key, T& out) {
     std::int64_t value = 0;
     if (!GetInteger(key, value, IntMin<T>(), IntMax<T>())) return false;
     out = static_cast<T>(value);
