@@ -26,11 +26,13 @@ Status LoadBrokerConfig(const std::string& path, BrokerSettings& s) {
   root.Get("events", s.events);
   root.Get("store", s.store_path);
   root.Get("endpoints_file", s.endpoints_file);
-  root.Get("log_level", s.log_level);
-  root.Get("log_format", s.log_format);
+  root.Get("event_retention", s.store.events_retention);
+  ConfigSection log = root.Section("log");
+  log.Get("level", s.log_level);
+  log.Get("format", s.log_format);
 
   // DPs declared by name; DP groups below declare their members too.
-  root.Get("dps", s.core.dps, [](const std::vector<std::string>& v) -> Status {
+  root.Section("dps").Get("names", s.core.dps, [](const std::vector<std::string>& v) -> Status {
     for (const auto& dp : v) DESPOOL_RETURN_IF_ERROR(ValidateDpName(dp));
     return Status::Ok();
   });
@@ -52,7 +54,6 @@ Status LoadBrokerConfig(const std::string& path, BrokerSettings& s) {
       store.AddError("synchronous", "expected \"full\" or \"normal\"");
     }
   }
-  store.Get("events_retention", s.store.events_retention);
   milliseconds busy{s.store.busy_timeout_ms};
   if (store.Get("busy_timeout", busy)) s.store.busy_timeout_ms = static_cast<int>(busy.count());
 
