@@ -5,6 +5,7 @@
 //   inuse_bench [--files N] [--dirs N] [--runs N] [--dir PARENT]
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,9 +36,16 @@ using Clock = std::chrono::steady_clock;
 struct Row {
   std::string name;
   std::vector<double> ms;
+  std::vector<double> cpu_ms;  // user + system CPU time (all threads; fuser: the child)
   std::string note;
   bool valid = true;
 };
+
+double CpuMs(int who) {
+  rusage ru {};
+  ::getrusage(who, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -136,11 +144,13 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   auto probe_row = [&](const std::string& label, std::unique_ptr<InUseProbe> probe,
                        const std::vector<std::string>& paths, bool expect_holder) {
-    Row row{label + " (" + std::to_string(paths.size()) + " files)", {}, "", true};
+    Row row{label + " (" + std::to_string(paths.size()) + " files)", {}, {}, "", true};
     for (int r = 0; r < runs; ++r) {
+      double cpu0 = CpuMs(RUSAGE_SELF);
       auto t0 = Clock::now();
       auto report = probe->Check(dirfd, paths);
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      row.cpu_ms.push_back(CpuMs(RUSAGE_SELF) - cpu0);
       if (!report.ok()) { row.valid = false; row.note = report.error().ToString(); break; }
       bool named = std::find(report->in_use.begin(), report->in_use.end(), held) != report->in_use.end();
       bool holder_named = std::any_of(report->holders.begin(), report->holders.end(), [&](const InUseHolder& h) {
@@ -164,12 +174,14 @@ int main(int argc, char** argv) {
   probe_row("auto probe", MakeAutoProbe(), subset, true);
 
   auto fuser_row = [&](const std::string& label, const std::vector<std::string>& args, bool verbose) {
-    Row row{label, {}, "", true};
+    Row row{label, {}, {}, "", true};
     for (int r = 0; r < runs; ++r) {
       std::string out;
+      double cpu0 = CpuMs(RUSAGE_CHILDREN);
       auto t0 = Clock::now();
       int status = Spawn(args, verbose ? &out : nullptr);
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      row.cpu_ms.push_back(CpuMs(RUSAGE_CHILDREN) - cpu0);
       // -s: exit 0 means "something is in use"; without -s the output must name file and pid.
       bool ok = status == 0 && (!verbose || (out.find(held) != std::string::npos &&
                                              out.find(std::to_string(holder.pid())) != std::string::npos));
@@ -184,15 +196,21 @@ int main(int argc, char** argv) {
 
   std::printf("in-use check: %d files in %d dirs under %s, held: %s (pid %d), %d runs each\n", files, dirs,
               pkg.c_str(), held.c_str(), static_cast<int>(holder.pid()), runs);
-  std::printf("%-28s %10s %10s %10s  %s\n", "method", "median ms", "min ms", "max ms", "result");
+  double load[3] = {0, 0, 0};
+  ::getloadavg(load, 3);
+  std::printf("load average %.2f (the machine is shared: compare medians within one run)\n", load[0]);
+  std::printf("%-28s %10s %8s %8s %10s  %s\n", "method", "median ms", "min ms", "max ms", "CPU ms", "result");
+  const double fuser_ms = rows.size() >= 2 && rows[rows.size() - 2].valid ? Median(rows[rows.size() - 2].ms) : 0;
   for (auto& row : rows) {
     if (!row.valid || row.ms.empty()) {
-      std::printf("%-28s %10s %10s %10s  NOT COUNTED: %s\n", row.name.c_str(), "-", "-", "-", row.note.c_str());
+      std::printf("%-28s %10s %8s %8s %10s  NOT COUNTED: %s\n", row.name.c_str(), "-", "-", "-", "-", row.note.c_str());
       continue;
     }
-    std::printf("%-28s %10.2f %10.2f %10.2f  %s\n", row.name.c_str(), Median(row.ms),
+    std::printf("%-28s %10.2f %8.2f %8.2f %10.2f  %s", row.name.c_str(), Median(row.ms),
                 *std::min_element(row.ms.begin(), row.ms.end()), *std::max_element(row.ms.begin(), row.ms.end()),
-                row.note.c_str());
+                Median(row.cpu_ms), row.note.c_str());
+    if (fuser_ms > 0) std::printf(" [fuser -s / this = %.1fx]", fuser_ms / Median(row.ms));
+    std::printf("\n");
   }
   ::close(dirfd);
   holder.Stop();

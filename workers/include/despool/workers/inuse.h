@@ -34,7 +34,7 @@ struct InUseReport {
 // is not a directory) is not in use; a path naming a symlink or a non-regular file is not in use
 // either (nothing can hold a symlink itself open; its target is checked under its own path).
 // Paths that are absolute, empty, or contain "." / ".." components are refused
-// (kInvalidArgument).
+// (kInvalidArgument). Probes keep no state between calls: one may serve several threads.
 
 class InUseProbe {
  public:
@@ -48,8 +48,12 @@ class InUseProbe {
 };
 
 // Write-lease probe: fcntl(F_SETLEASE, F_WRLCK) is granted only when no other descriptor (and no
-// mapping, no running executable) refers to the file. Exact and fast; cannot name holders.
-// Fails with kFailedPrecondition when leases are unavailable (EINVAL, EACCES/EPERM, disabled).
+// mapping, no running executable) refers to the file — including our own process's. Exact and
+// fast; cannot name holders. A granted lease is released at once. A file someone else holds a
+// lease on (smbd with kernel oplocks) counts as in use. Fails with kFailedPrecondition when
+// leases are unavailable for any file (EINVAL: filesystem without leases or leases disabled;
+// EACCES/EPERM: not the owner and no CAP_LEASE, or the file cannot be opened), or while SIGIO
+// would kill us (see IgnoreLeaseBreakSignal); always complete when it succeeds.
 struct LeaseProbeOptions {
   // Files are probed by up to this many threads (0: hardware concurrency, at most 4), each
   // taking a contiguous share of at least min_files_per_thread files. Probing is syscall-bound
@@ -60,15 +64,22 @@ struct LeaseProbeOptions {
 std::unique_ptr<InUseProbe> MakeLeaseProbe(LeaseProbeOptions options = {});
 
 // /proc scan (as fuser does): /proc/*/fd, /proc/*/maps and /proc/*/exe, matching (dev, inode).
-// Names holders. Incomplete when a process's fd/maps cannot be read (permission).
+// Names holders. Incomplete (naming the pids) when a process's fd entries or maps cannot be read
+// (permission; kernel threads and zombies excepted: they hold no files), when a requested file
+// cannot be stat'ed, or when procfs is mounted with hidepid=invisible/ptraceable. Processes that
+// exit mid-scan held nothing. Cannot see processes in other PID namespaces (containers) or remote
+// NFS clients. Fails with kFailedPrecondition when proc_root cannot be opened.
 std::unique_ptr<InUseProbe> MakeProcProbe(std::string proc_root = "/proc");
 
 // The default: the lease probe to find what is in use (falling back to the /proc scan when
 // leases are refused), then the /proc scan restricted to the files found in use to name holders.
+// complete is the lease probe's (exact for every file) when it ran — holders are then
+// best-effort, possibly empty — and the /proc scan's when it stood in.
 std::unique_ptr<InUseProbe> MakeAutoProbe();
 
 // The same, with the two probes supplied (tests inject fakes; a caller may pass a /proc probe on
-// another proc_root). `lease` failing with any error makes it fall back to `proc` for every file.
+// another proc_root). `lease` failing with any error but kInvalidArgument (bad paths) makes it
+// fall back to `proc` for every file; both failing is an error naming both reasons.
 std::unique_ptr<InUseProbe> MakeAutoProbe(std::unique_ptr<InUseProbe> lease,
                                           std::unique_ptr<InUseProbe> proc);
 
