@@ -1,0 +1,607 @@
+// Refresh engine: staging, switching, idempotence, deferral, verify/repair, faults, hostile input.
+#include <gtest/gtest.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+
+#include <atomic>
+
+#include "despool/workers/engine.h"
+#include "despool/workers/os.h"
+#include "workers/engine_test_util.h"
+
+namespace despool::enginetest {
+namespace {
+
+using workers::CancelToken;
+using workers::Engine;
+using workers::EngineConfig;
+using workers::FaultInjectingOs;
+using workers::FaultRule;
+using workers::OutcomeKind;
+using workers::RefreshOutcome;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root = tmp / "dp";
+    fs::create_directories(root);
+    probe = std::make_shared<FakeProbe>();
+  }
+  std::unique_ptr<Engine> MakeEngine(workers::Os* os = nullptr) {
+    EngineConfig c;
+    c.os = os;
+    c.probe = probe;
+    return std::make_unique<Engine>(c);
+  }
+  RefreshOutcome Run(Engine& e, std::uint64_t v, const std::string& src,
+                     workers::RefreshOptions opt = {}) {
+    auto req = Request(root, v, src);
+    req.options = opt;
+    return e.Refresh(req, nullptr, cancel);
+  }
+  std::string Live() const { return root + "/pkg"; }
+
+  TempDir tmp;
+  std::string root;
+  std::shared_ptr<FakeProbe> probe;
+  CancelToken cancel;
+};
+
+#define EXPECT_KIND(outcome, k) \
+  EXPECT_EQ(workers::OutcomeKindName((outcome).kind), std::string(workers::OutcomeKindName(k))) \
+      << (outcome).message
+
+TEST_F(EngineTest, FirstInstallIsAnExactCopy) {
+  std::string src = tmp / "v1";
+  MakeVersion(src, 1);
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->CheckDpRoot(root).ok());
+  auto out = Run(*e, 1, src);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(src), Snap(Live())), "");
+  EXPECT_EQ(out.stats.files_total, 12u);
+  EXPECT_EQ(out.stats.files_copied, 12u);
+  EXPECT_EQ(out.stats.files_linked, 0u);
+  auto v = e->InstalledVersion(root, "pkg");
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(v->has_value());
+  EXPECT_EQ(**v, 1u);
+  auto m = e->InstalledManifest(root, "pkg");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->source, src);
+  EXPECT_EQ(m->file_count(), 12u);
+  EXPECT_EQ(Strays(root, "pkg"), "");
+  auto report = e->Verify(root, "pkg");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->clean());
+  EXPECT_TRUE(probe->asked.empty());  // nothing live to check on a first install
+}
+
+TEST_F(EngineTest, IncrementalRefreshLinksUnchangedFiles) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  // Keep metadata of the copy identical to v1, then change three things.
+  for (auto& [rel, node] : Snap(v1)) {
+    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+  WriteFile(v2 + "/d1/f1.bin", "changed content", 0644, 1800000000);
+  fs::remove(v2 + "/d2/f2.bin");
+  WriteFile(v2 + "/new/added.txt", "added", 0600, 1800000001);
+  SetMtime(v2 + "/d1", 1650000000);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  auto before = Snap(Live());
+  auto out = Run(*e, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  EXPECT_EQ(out.stats.files_copied, 2u);
+  EXPECT_EQ(out.stats.files_linked, 10u);
+  EXPECT_EQ(out.stats.files_removed, 1u);
+  auto after = Snap(Live());
+  EXPECT_EQ(after["f0.bin"].ino, before["f0.bin"].ino) << "unchanged file must be hard-linked";
+  EXPECT_NE(after["d1/f1.bin"].ino, before["d1/f1.bin"].ino);
+  // The probe was asked exactly about the files replaced or removed.
+  ASSERT_EQ(probe->asked.size(), 1u);
+  EXPECT_EQ(probe->asked[0], (std::vector<std::string>{"d1/f1.bin", "d2/f2.bin"}));
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+TEST_F(EngineTest, UpToDateAndLowerVersionsTouchNothing) {
+  std::string v5 = tmp / "v5", v3 = tmp / "v3";
+  MakeVersion(v5, 5);
+  MakeVersion(v3, 3);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 5, v5).kind, OutcomeKind::kApplied);
+  auto before = Snap(root);
+  FaultInjectingOs recorder;
+  recorder.set_recording(true);
+  auto e2 = MakeEngine(&recorder);
+  for (std::uint64_t v : {5u, 3u, 1u}) {
+    auto out = Run(*e2, v, v == 5 ? v5 : v3);
+    EXPECT_KIND(out, OutcomeKind::kUpToDate);
+    ASSERT_TRUE(out.installed_version.has_value());
+    EXPECT_EQ(*out.installed_version, 5u);
+  }
+  for (const auto& c : recorder.calls()) {
+    static const std::set<std::string> read_only = {"OpenAt", "Close", "Read", "Fstat", "FstatAt"};
+    EXPECT_TRUE(read_only.count(c.op)) << "up-to-date refresh made a " << c.op << " call on "
+                                       << c.arg;
+  }
+  auto after = Snap(root);
+  EXPECT_EQ(Diff(before, after), "");
+  for (const auto& [k, n] : before) EXPECT_EQ(after[k].ino, n.ino) << k;
+}
+
+TEST_F(EngineTest, LiveFileChangedInPlaceIsCopiedAfresh) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (auto& [rel, node] : Snap(v1)) {
+    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+  // Someone scribbles on the DP (size and mtime change).
+  WriteFile(Live() + "/f0.bin", "scribbled", 0755, 1700000001);
+  auto out = Run(*e, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  EXPECT_EQ(out.stats.files_copied, 1u);
+}
+
+TEST_F(EngineTest, ChecksumOptionComparesContent) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (auto& [rel, node] : Snap(v1)) {
+    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+  // Same size, same mtime, different content: only a checksum run sees it.
+  std::string old = ReadFile(v1 + "/f0.bin");
+  std::string changed = old;
+  changed[0] = static_cast<char>(changed[0] ^ 0x55);
+  WriteFile(v2 + "/f0.bin", changed, 0755, 1700000001);
+  SetMtime(v2, 1650000001);
+  workers::RefreshOptions opt;
+  opt.checksum = true;
+  auto out = Run(*e, 2, v2, opt);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(out.stats.files_copied, 1u);
+  EXPECT_EQ(ReadFile(Live() + "/f0.bin"), changed);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+}
+
+TEST_F(EngineTest, InUseDefersThenRetryReusesStaging) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  MakeVersion(v2, 2);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  auto live_before = Snap(Live());
+  probe->report.in_use = {"d1/f1.bin"};
+  probe->report.holders = {{4242, "reader", "d1/f1.bin"}};
+  auto out = Run(*e, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kDeferred);
+  ASSERT_EQ(out.in_use.in_use.size(), 1u);
+  EXPECT_EQ(out.in_use.in_use[0], "d1/f1.bin");
+  EXPECT_EQ(out.in_use.holders.at(0).pid, 4242);
+  EXPECT_GT(out.suggested_delay.count(), 0);
+  EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+  EXPECT_EQ(**e->InstalledVersion(root, "pkg"), 1u);
+  EXPECT_NE(Strays(root, "pkg", /*allow_staged=*/true), "x") ;
+  EXPECT_TRUE(fs::exists(root + "/.despool/staging/pkg@2.manifest"));
+  probe->report = {};
+  auto retry = Run(*e, 2, v2);
+  EXPECT_KIND(retry, OutcomeKind::kApplied);
+  EXPECT_TRUE(retry.stats.reused_staging);
+  EXPECT_EQ(retry.stats.files_copied, 0u);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+TEST_F(EngineTest, StagedTreeIsNotReusedWhenTheSourceChanged) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  MakeVersion(v2, 2);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  probe->report.in_use = {"f0.bin"};
+  ASSERT_EQ(Run(*e, 2, v2).kind, OutcomeKind::kDeferred);
+  WriteFile(v2 + "/f3.bin", "republished", 0644, 1900000000);
+  probe->report = {};
+  auto retry = Run(*e, 2, v2);
+  EXPECT_KIND(retry, OutcomeKind::kApplied);
+  EXPECT_FALSE(retry.stats.reused_staging);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+}
+
+TEST_F(EngineTest, IncompleteProbeNeverMeansNotInUse) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  MakeVersion(v2, 2);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  auto live_before = Snap(Live());
+  probe->report.complete = false;
+  probe->report.incomplete_reason = "cannot read /proc/1/fd";
+  auto out = Run(*e, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kDeferred);
+  EXPECT_NE(out.message.find("/proc/1/fd"), std::string::npos);
+  probe->report = {};
+  probe->fail = true;
+  auto out2 = Run(*e, 2, v2);
+  EXPECT_KIND(out2, OutcomeKind::kRetryableError);
+  EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+  // force skips the veto.
+  workers::RefreshOptions force;
+  force.force = true;
+  auto forced = Run(*e, 2, v2, force);
+  EXPECT_KIND(forced, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+}
+
+TEST_F(EngineTest, AnyOpenBlocksAsksAboutEveryFile) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (auto& [rel, node] : Snap(v1)) {
+    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+  workers::RefreshOptions opt;
+  opt.any_open_blocks = true;
+  auto out = Run(*e, 2, v2, opt);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  ASSERT_EQ(probe->asked.size(), 1u);
+  EXPECT_EQ(probe->asked[0].size(), 12u);
+  EXPECT_EQ(out.stats.files_linked, 12u);
+}
+
+TEST_F(EngineTest, CancelBeforeSwitchLeavesLiveAndNoStaging) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1);
+  MakeVersion(v2, 2);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  auto live_before = Snap(Live());
+  CancelToken token;
+  auto req = Request(root, 2, v2);
+  int calls = 0;
+  auto out = e->Refresh(req, [&](const workers::Progress& p) {
+    if (p.phase == workers::Phase::kStage && ++calls == 1) token.Cancel();
+  }, token);
+  EXPECT_KIND(out, OutcomeKind::kCancelled);
+  EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+TEST_F(EngineTest, ProgressIsMonotonicAndComplete) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1, TreeOptions{40, 4, true, true, 200000});
+  auto e = MakeEngine();
+  std::vector<workers::Progress> seen;
+  auto out = e->Refresh(Request(root, 1, v1), [&](const workers::Progress& p) { seen.push_back(p); },
+                        cancel);
+  ASSERT_EQ(out.kind, OutcomeKind::kApplied) << out.message;
+  ASSERT_FALSE(seen.empty());
+  for (size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_GE(seen[i].bytes_done, seen[i - 1].bytes_done);
+    EXPECT_GE(seen[i].files_done, seen[i - 1].files_done);
+    EXPECT_GE(static_cast<int>(seen[i].phase), static_cast<int>(seen[i - 1].phase));
+  }
+  EXPECT_EQ(seen.back().phase, workers::Phase::kDone);
+  EXPECT_EQ(seen.back().files_done, 40u);
+  EXPECT_EQ(seen.back().bytes_done, out.stats.bytes_copied);
+  EXPECT_GE(seen.back().bytes_total, out.stats.bytes_copied);
+}
+
+TEST_F(EngineTest, RateLimiterThrottlesCopies) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1, TreeOptions{4, 1, false, false, 1 << 20});  // ~4 MiB
+  struct Counting : workers::RateLimiter {
+    std::chrono::nanoseconds Reserve(std::uint64_t bytes) override {
+      total += bytes;
+      ++calls;
+      return std::chrono::nanoseconds(0);
+    }
+    std::atomic<std::uint64_t> total{0}, calls{0};
+  };
+  auto limiter = std::make_shared<Counting>();
+  auto e = MakeEngine();
+  workers::RefreshOptions opt;
+  opt.rate_limiter = limiter;
+  auto out = Run(*e, 1, v1, opt);
+  ASSERT_EQ(out.kind, OutcomeKind::kApplied) << out.message;
+  EXPECT_EQ(limiter->total.load(), out.stats.bytes_copied);
+  EXPECT_GE(limiter->calls.load(), 4u);
+  // A real bucket: 4 MiB at 8 MiB/s with a 1 MiB burst takes >= ~0.35 s.
+  auto bucket = workers::MakeTokenBucket(8u << 20);
+  EXPECT_EQ(bucket->Reserve(1u << 20).count(), 0);
+  EXPECT_GT(bucket->Reserve(4u << 20).count(), 400000000);
+}
+
+TEST_F(EngineTest, LockedPackageIsRetryable) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->CheckDpRoot(root).ok());
+  int fd = ::open((root + "/.despool/locks/pkg.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+  auto out = Run(*e, 1, v1);
+  EXPECT_KIND(out, OutcomeKind::kRetryableError);
+  EXPECT_NE(out.message.find("locked"), std::string::npos);
+  EXPECT_FALSE(fs::exists(Live()));
+  ::close(fd);
+  EXPECT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+}
+
+// ---- Faults ----
+
+struct FaultCase {
+  const char* op;
+  std::uint64_t nth;
+  int err;
+};
+
+TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
+  std::string v1 = tmp / "v1", v2 = tmp / "v2";
+  MakeVersion(v1, 1, TreeOptions{12, 3, true, true, 3u << 20});  // multi-chunk copies
+  // v2: half the files unchanged (linked), half changed (copied).
+  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (auto& [rel, node] : Snap(v1)) {
+    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+  for (int i = 0; i < 12; i += 2) {
+    std::string rel = (i % 3 == 0 ? std::string() : "d" + std::to_string(i % 3) + "/") + "f" +
+                      std::to_string(i) + ".bin";
+    WriteFile(v2 + "/" + rel, Content(rel + "v2", (3u << 20) + 5), 0644, 1800000000);
+  }
+  const FaultCase cases[] = {{"CopyFileRange", 3, ENOSPC}, {"CopyFileRange", 1, EIO},
+                             {"Syncfs", 1, EIO},           {"Pread", 2, EIO},
+                             {"MkdirAt", 2, ENOSPC},       {"LinkAt", 2, EIO},
+                             {"Write", 1, ENOSPC},         {"Fsync", 1, EIO},
+                             {"SymlinkAt", 1, EIO},        {"Futimens", 3, EIO}};
+  int n = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.op) + " errno " + std::to_string(c.err));
+    root = tmp / ("dp" + std::to_string(++n));
+    fs::create_directories(root);
+    auto e = MakeEngine();
+    ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+    auto live_before = Snap(Live());
+    FaultInjectingOs faulty;
+    faulty.AddRule(FaultRule{c.op, c.nth, FaultRule::Action::kFail, c.err});
+    auto fe = MakeEngine(&faulty);
+    auto out = Run(*fe, 2, v2);
+    EXPECT_KIND(out, OutcomeKind::kRetryableError);
+    EXPECT_EQ(out.error.sys_errno, c.err) << out.message;
+    EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+    EXPECT_EQ(Strays(root, "pkg"), "");
+    EXPECT_EQ(**e->InstalledVersion(root, "pkg"), 1u);
+    // The next attempt, without the fault, applies.
+    auto retry = Run(*e, 2, v2);
+    EXPECT_KIND(retry, OutcomeKind::kApplied);
+    EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  }
+  // EXDEV from copy_file_range falls back to read/write and still applies.
+  root = tmp / "dp-exdev";
+  fs::create_directories(root);
+  FaultInjectingOs exdev;
+  exdev.AddRule(FaultRule{"CopyFileRange", 1, FaultRule::Action::kFail, EXDEV, true});
+  auto xe = MakeEngine(&exdev);
+  ASSERT_EQ(Run(*xe, 1, v1).kind, OutcomeKind::kApplied);
+  auto out = Run(*xe, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+TEST_F(EngineTest, NotEnoughFreeSpaceIsRetryableBeforeCopying) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  workers::RefreshOptions opt;
+  opt.reserve_bytes = std::uint64_t{1} << 62;
+  auto out = Run(*e, 1, v1, opt);
+  EXPECT_KIND(out, OutcomeKind::kRetryableError);
+  EXPECT_EQ(out.error.code, ErrorCode::kResourceExhausted);
+  EXPECT_FALSE(fs::exists(Live()));
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+// ---- Hostile sources ----
+
+TEST_F(EngineTest, HostileSourcesAreRefused) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  auto live_before = Snap(Live());
+  int n = 0;
+  auto check = [&](const std::string& what, const std::function<void(const std::string&)>& make) {
+    SCOPED_TRACE(what);
+    std::string src = tmp / ("hostile" + std::to_string(++n));
+    MakeVersion(src, 2);
+    make(src);
+    auto out = Run(*e, 2, src);
+    EXPECT_KIND(out, OutcomeKind::kPermanentError);
+    EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+    EXPECT_EQ(Strays(root, "pkg"), "");
+  };
+  check("absolute symlink", [](const std::string& s) { fs::create_symlink("/etc/passwd", s + "/x"); });
+  check("escaping symlink", [](const std::string& s) { fs::create_symlink("../../outside", s + "/d1/x"); });
+  check("escape through an in-package symlink", [](const std::string& s) {
+    fs::create_directories(s + "/a/b");
+    fs::create_symlink("..", s + "/a/up");       // a/up -> package root (fine alone)
+    fs::create_symlink("up/..", s + "/a/esc");   // a/up/.. = parent of the package
+  });
+  check("fifo", [](const std::string& s) { ASSERT_EQ(::mkfifo((s + "/fifo").c_str(), 0644), 0); });
+  check("socket", [](const std::string& s) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::string p = s + "/sock";
+    ASSERT_LT(p.size(), sizeof addr.sun_path);
+    std::strcpy(addr.sun_path, p.c_str());
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ::close(fd);
+  });
+  if (::geteuid() == 0) {
+    check("device node", [](const std::string& s) {
+      ASSERT_EQ(::mknod((s + "/null").c_str(), S_IFCHR | 0644, makedev(1, 3)), 0);
+    });
+  }
+  check("oversized path", [](const std::string& s) {
+    int fd = ::open(s.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    std::string comp(200, 'n');
+    for (int i = 0; i < 22; ++i) {  // > 4096 bytes relative: build it with *at calls
+      ASSERT_EQ(::mkdirat(fd, comp.c_str(), 0755), 0) << std::strerror(errno);
+      int sub = ::openat(fd, comp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      ::close(fd);
+      fd = sub;
+    }
+    ::close(fd);
+  });
+  // Bad requests.
+  auto bad = Request(root, 2, v1, "../evil");
+  EXPECT_KIND(e->Refresh(bad, nullptr, cancel), OutcomeKind::kPermanentError);
+  bad = Request(root, 2, v1 + "/../v1");
+  EXPECT_KIND(e->Refresh(bad, nullptr, cancel), OutcomeKind::kPermanentError);
+  EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+}
+
+TEST_F(EngineTest, InPackageSymlinksAreKept) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  fs::create_symlink("d1/f1.bin", v1 + "/top-link");
+  fs::create_symlink("../d2", v1 + "/d1/sibling");
+  fs::create_symlink("sibling/../link-to-f0", v1 + "/d1/chain");
+  fs::create_symlink("nowhere", v1 + "/dangling");
+  SetMtime(v1 + "/d1", 1650000000);
+  SetMtime(v1, 1650000001);
+  auto e = MakeEngine();
+  auto out = Run(*e, 1, v1);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v1), Snap(Live())), "");
+}
+
+TEST_F(EngineTest, OddNamesRoundTrip) {
+  std::string v1 = tmp / "v1";
+  fs::create_directories(v1);
+  for (std::string name : {"with space", "tab\there", "new\nline", "per%cent", "ünïcødé", "-dash"}) {
+    WriteFile(v1 + "/" + name, name, 0640, 1700000000);
+  }
+  auto e = MakeEngine();
+  auto out = Run(*e, 1, v1);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v1), Snap(Live())), "");
+  auto report = e->Verify(root, "pkg");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->clean());
+}
+
+// ---- Verify / repair ----
+
+TEST_F(EngineTest, VerifyReportsAndRepairRestores) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  auto e = MakeEngine();
+  ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
+  // Same size and mtime, different bytes: only the content hash sees it.
+  std::string content = ReadFile(Live() + "/d1/f4.bin");
+  content[3] = static_cast<char>(content[3] + 1);
+  {
+    int fd = ::open((Live() + "/d1/f4.bin").c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, content.data(), content.size(), 0), static_cast<ssize_t>(content.size()));
+    ::close(fd);
+    SetMtime(Live() + "/d1/f4.bin", 1700000001);
+  }
+  fs::remove(Live() + "/d2/f5.bin");
+  WriteFile(Live() + "/intruder", "x");
+  auto report = e->Verify(root, "pkg");
+  ASSERT_TRUE(report.ok()) << report.error().ToString();
+  EXPECT_EQ(report->missing, std::vector<std::string>{"d2/f5.bin"});
+  EXPECT_EQ(report->extra, std::vector<std::string>{"intruder"});
+  EXPECT_EQ(report->changed, std::vector<std::string>{"d1/f4.bin"});
+  auto quick = e->Verify(root, "pkg", workers::VerifyOptions{false});
+  ASSERT_TRUE(quick.ok());
+  EXPECT_TRUE(quick->changed.empty());
+
+  auto out = e->Repair(root, "pkg", {}, nullptr, cancel);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(out.stats.files_copied, 2u);
+  EXPECT_EQ(Diff(Snap(v1), Snap(Live())), "");
+  report = e->Verify(root, "pkg");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->clean());
+  EXPECT_KIND(e->Repair(root, "pkg", {}, nullptr, cancel), OutcomeKind::kUpToDate);
+  EXPECT_EQ(Strays(root, "pkg"), "");
+
+  // A source that moved on cannot restore the installed version.
+  fs::remove(Live() + "/f0.bin");
+  WriteFile(v1 + "/f0.bin", "republished", 0644, 1900000000);
+  auto live_before = Snap(Live());
+  auto refused = e->Repair(root, "pkg", {}, nullptr, cancel);
+  EXPECT_KIND(refused, OutcomeKind::kPermanentError);
+  EXPECT_EQ(Diff(live_before, Snap(Live())), "");
+  EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+TEST_F(EngineTest, CheckDpRootRefusesSymlinkedMetaDir) {
+  auto e = MakeEngine();
+  EXPECT_TRUE(e->CheckDpRoot(root).ok());
+  EXPECT_TRUE(fs::is_empty(root + "/.despool/check"));
+  std::string other = tmp / "dp2";
+  fs::create_directories(other);
+  fs::create_directories(tmp / "elsewhere");
+  fs::create_symlink(tmp / "elsewhere", other + "/.despool");
+  auto s = e->CheckDpRoot(other);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_FALSE(e->CheckDpRoot(tmp / "missing").ok());
+}
+
+TEST_F(EngineTest, LivePackageSymlinkIsRefused) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  fs::create_directories(tmp / "elsewhere");
+  fs::create_symlink(tmp / "elsewhere", Live());
+  auto e = MakeEngine();
+  auto out = Run(*e, 1, v1);
+  EXPECT_KIND(out, OutcomeKind::kPermanentError);
+  EXPECT_TRUE(fs::is_symlink(Live()));
+  EXPECT_TRUE(fs::is_empty(tmp / "elsewhere"));
+}
+
+TEST(ManifestTest, RoundTripAndCorruption) {
+  workers::Manifest m;
+  m.package = "p";
+  m.version = 9;
+  m.source = "/src/with space/%";
+  m.entries = {{".", workers::EntryType::kDir, 0755, 1, 0, 0, {}},
+               {"a b", workers::EntryType::kFile, 0644, -5, 10, 0xabcdef, {}},
+               {"l\n", workers::EntryType::kSymlink, 0, 7, 0, 0, "a b"}};
+  std::string text = workers::SerializeManifest(m);
+  auto back = workers::ParseManifest(text);
+  ASSERT_TRUE(back.ok()) << back.error().ToString();
+  EXPECT_EQ(back->entries, m.entries);
+  EXPECT_EQ(back->source, m.source);
+  EXPECT_EQ(back->version, 9u);
+  for (size_t cut : {size_t{0}, size_t{10}, text.size() / 2, text.size() - 1}) {
+    EXPECT_FALSE(workers::ParseManifest(text.substr(0, cut)).ok()) << cut;
+  }
+  std::string flipped = text;
+  flipped[text.find("a%20b")] = 'A';
+  EXPECT_EQ(workers::ParseManifest(flipped).error().code, ErrorCode::kCorruption);
+}
+
+}  // namespace
+}  // namespace despool::enginetest

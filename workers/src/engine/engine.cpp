@@ -1,0 +1,1364 @@
+// The refresh engine: stage -> in-use check -> journaled atomic switch -> retire.
+// See engine.h for the guarantees and the on-disk layout.
+#include "despool/workers/engine.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "despool/common/logging.h"
+#include "despool/common/names.h"
+#include "fsutil.h"
+#include "scan.h"
+
+namespace despool::workers {
+
+using internal::Fd;
+using internal::Join;
+using internal::kDirFlags;
+using internal::MtimeNs;
+using internal::SrcEntry;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kMetaDir = ".despool";
+constexpr size_t kCopyChunk = 8u << 20;
+constexpr size_t kHashBuf = 1u << 20;
+
+std::shared_ptr<spdlog::logger> Log() { return GetLogger("engine"); }
+
+std::string StagedName(const std::string& pkg, std::uint64_t v) {
+  return pkg + "@" + std::to_string(v);
+}
+std::string ManifestFile(const std::string& pkg) { return pkg + ".manifest"; }
+std::string JournalFile(const std::string& pkg) { return pkg + ".journal"; }
+
+bool IsPermanent(const Error& e) {
+  return e.code == ErrorCode::kInvalidArgument || e.code == ErrorCode::kFailedPrecondition;
+}
+
+RefreshOutcome ErrorOutcome(Error e) {
+  RefreshOutcome o;
+  o.kind = IsPermanent(e) ? OutcomeKind::kPermanentError : OutcomeKind::kRetryableError;
+  o.message = e.message;
+  o.error = std::move(e);
+  return o;
+}
+
+// The switch intent. Written (atomically, fsynced) before the swap; removed after retiring.
+struct JournalRecord {
+  std::string package;
+  std::uint64_t to_version = 0;
+  std::string staged_name;
+  std::uint64_t staged_dev = 0;
+  std::uint64_t staged_ino = 0;
+
+  std::string Serialize() const {
+    return "despool-journal 1\npackage " + package + "\nto_version " + std::to_string(to_version) +
+           "\nstaged " + staged_name + "\ndev " + std::to_string(staged_dev) + "\nino " +
+           std::to_string(staged_ino) + "\nend\n";
+  }
+  static Result<JournalRecord> Parse(const std::string& text) {
+    JournalRecord j;
+    auto bad = [] { return MakeError(ErrorCode::kCorruption, "journal: malformed"); };
+    std::vector<std::string> lines;
+    size_t start = 0;
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (text[i] == '\n') {
+        lines.push_back(text.substr(start, i - start));
+        start = i + 1;
+      }
+    }
+    if (lines.size() != 7 || lines[0] != "despool-journal 1" || lines[6] != "end") return bad();
+    auto val = [&](int i, const char* key) -> std::string {
+      std::string k = std::string(key) + " ";
+      return lines[i].rfind(k, 0) == 0 ? lines[i].substr(k.size()) : std::string();
+    };
+    auto num = [](const std::string& s, std::uint64_t* out) {
+      auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+      return !s.empty() && ec == std::errc() && p == s.data() + s.size();
+    };
+    j.package = val(1, "package");
+    j.staged_name = val(3, "staged");
+    if (j.package.empty() || j.staged_name.empty() || !num(val(2, "to_version"), &j.to_version) ||
+        !num(val(4, "dev"), &j.staged_dev) || !num(val(5, "ino"), &j.staged_ino)) {
+      return bad();
+    }
+    return j;
+  }
+};
+
+// Descriptors of ROOT and ROOT/.despool/*.
+struct Dirs {
+  Fd root, meta, staging, state, journal, trash, locks;
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  Impl(Os& o, std::shared_ptr<InUseProbe> p, std::function<void(const char*)> cp)
+      : os(o), probe(std::move(p)), checkpoint(std::move(cp)) {}
+
+  Os& os;
+  std::shared_ptr<InUseProbe> probe;
+  std::mutex probe_mu;  // probes need not be thread-safe
+  std::function<void(const char*)> checkpoint;
+
+  void Checkpoint(const char* point) {
+    if (checkpoint) checkpoint(point);
+  }
+
+  // ---- layout ----
+
+  Result<Fd> OpenRoot(const std::string& dp_root) {
+    if (dp_root.empty() || dp_root[0] != '/') {
+      return MakeError(ErrorCode::kInvalidArgument, "DP root must be an absolute path");
+    }
+    int fd = os.OpenAt(AT_FDCWD, dp_root.c_str(), O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0) return SysError("open DP root " + dp_root, errno);
+    return Fd(&os, fd);
+  }
+
+  // Opens ROOT/.despool and its subdirectories, creating them when `create`.
+  Status OpenMeta(Dirs* d, bool create) {
+    struct stat root_st, meta_st;
+    if (os.Fstat(d->root.get(), &root_st) != 0) return SysError("stat DP root", errno);
+    auto open = [&](int at, const char* name) {
+      return create ? internal::MakeDir(os, at, name, 0755) : internal::OpenDir(os, at, name);
+    };
+    auto meta = open(d->root.get(), kMetaDir);
+    if (!meta.ok()) {
+      if (meta.error().sys_errno == ELOOP || meta.error().sys_errno == ENOTDIR) {
+        return MakeError(ErrorCode::kFailedPrecondition,
+                         "ROOT/.despool is not a directory (symlinks are refused)");
+      }
+      return meta.take_error();
+    }
+    d->meta = std::move(meta).value();
+    if (os.Fstat(d->meta.get(), &meta_st) != 0) return SysError("stat .despool", errno);
+    if (meta_st.st_dev != root_st.st_dev) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "ROOT/.despool is on another filesystem than ROOT");
+    }
+    const std::pair<const char*, Fd*> subs[] = {{"staging", &d->staging}, {"state", &d->state},
+                                                {"journal", &d->journal}, {"trash", &d->trash},
+                                                {"locks", &d->locks}};
+    for (const auto& [name, fd] : subs) {
+      DESPOOL_ASSIGN_OR_RETURN(*fd, open(d->meta.get(), name));
+    }
+    return Status::Ok();
+  }
+
+  Result<Dirs> OpenDirs(const std::string& dp_root, bool create) {
+    Dirs d;
+    DESPOOL_ASSIGN_OR_RETURN(d.root, OpenRoot(dp_root));
+    DESPOOL_RETURN_IF_ERROR(OpenMeta(&d, create));
+    return d;
+  }
+
+  Result<Fd> Lock(Dirs& d, const std::string& pkg, std::chrono::milliseconds wait,
+                  const CancelToken* cancel) {
+    std::string name = pkg + ".lock";
+    int raw = os.OpenAt(d.locks.get(), name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW, 0644);
+    if (raw < 0) return SysError("open lock " + name, errno);
+    Fd fd(&os, raw);
+    auto deadline = Clock::now() + wait;
+    for (;;) {
+      if (os.Flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
+      if (errno != EWOULDBLOCK && errno != EINTR) return SysError("flock " + name, errno);
+      if (Clock::now() >= deadline) {
+        return MakeError(ErrorCode::kUnavailable,
+                         "package " + pkg + " is locked by another refresh on this DP");
+      }
+      if (cancel != nullptr && cancel->WaitFor(std::chrono::milliseconds(10))) {
+        return MakeError(ErrorCode::kAborted, "cancelled while waiting for the package lock");
+      }
+      if (cancel == nullptr) ::usleep(10000);
+    }
+  }
+
+  Result<std::optional<Manifest>> ReadManifest(int dirfd, const std::string& name) {
+    auto text = internal::ReadSmallFile(os, dirfd, name);
+    if (!text.ok()) {
+      if (text.error().code == ErrorCode::kNotFound) return std::optional<Manifest>();
+      return text.take_error();
+    }
+    DESPOOL_ASSIGN_OR_RETURN(Manifest m, ParseManifest(*text));
+    return std::optional<Manifest>(std::move(m));
+  }
+
+  // ---- recovery ----
+
+  // Completes or rolls back an interrupted switch of `pkg`. Caller holds the lock.
+  Status RollJournal(Dirs& d, const std::string& pkg) {
+    std::string jname = JournalFile(pkg);
+    auto text = internal::ReadSmallFile(os, d.journal.get(), jname);
+    if (!text.ok()) {
+      if (text.error().code == ErrorCode::kNotFound) return Status::Ok();
+      return text.take_error();
+    }
+    DESPOOL_ASSIGN_OR_RETURN(JournalRecord j, JournalRecord::Parse(*text));
+    if (j.package != pkg) return MakeError(ErrorCode::kCorruption, "journal names another package");
+    struct stat st;
+    bool switched = os.FstatAt(d.root.get(), pkg.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    st.st_ino == j.staged_ino && st.st_dev == j.staged_dev;
+    if (switched) {
+      // Roll forward: the manifest must describe what is live.
+      std::string staged_manifest = j.staged_name + ".manifest";
+      if (os.RenameAt2(d.staging.get(), staged_manifest.c_str(), d.state.get(),
+                       ManifestFile(pkg).c_str(), 0) == 0) {
+        if (os.Fsync(d.state.get()) != 0) return SysError("fsync state", errno);
+      } else if (errno == ENOENT) {
+        DESPOOL_ASSIGN_OR_RETURN(auto m, ReadManifest(d.state.get(), ManifestFile(pkg)));
+        if (!m || m->version != j.to_version) {
+          return MakeError(ErrorCode::kCorruption,
+                           "journal of " + pkg + ": live is version " +
+                               std::to_string(j.to_version) + " but its manifest is missing");
+        }
+      } else {
+        return SysError("commit manifest of " + pkg, errno);
+      }
+      // What is left at the staged name is the old tree.
+      DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, d.staging.get(), j.staged_name));
+      Log()->info("recovered switch: rolled forward package={} version={}", pkg, j.to_version);
+    } else {
+      // The swap never happened: live and manifest are the old version. The staged tree is
+      // complete (the journal is written after it); the staging cleanup decides its fate.
+      Log()->info("recovered switch: rolled back package={} version={}", pkg, j.to_version);
+    }
+    if (os.UnlinkAt(d.journal.get(), jname.c_str(), 0) != 0 && errno != ENOENT) {
+      return SysError("remove journal " + jname, errno);
+    }
+    if (os.Fsync(d.journal.get()) != 0) return SysError("fsync journal dir", errno);
+    return Status::Ok();
+  }
+
+  // Journal, then staging/trash/temp leftovers of `pkg`. Keeps a complete staged tree of
+  // `keep_version` (if set) for reuse; everything else of the package is removed.
+  Status RecoverPackage(Dirs& d, const std::string& pkg, std::optional<std::uint64_t> keep_version) {
+    DESPOOL_RETURN_IF_ERROR(RollJournal(d, pkg));
+    std::string prefix = pkg + "@";
+    const std::string tmp_names[] = {JournalFile(pkg) + ".tmp"};
+    for (const auto& t : tmp_names) {
+      if (os.UnlinkAt(d.journal.get(), t.c_str(), 0) != 0 && errno != ENOENT) {
+        return SysError("remove " + t, errno);
+      }
+    }
+    std::string mtmp = ManifestFile(pkg) + ".tmp";
+    if (os.UnlinkAt(d.state.get(), mtmp.c_str(), 0) != 0 && errno != ENOENT) {
+      return SysError("remove " + mtmp, errno);
+    }
+    // Staging: "<pkg>@<v>" + "<pkg>@<v>.manifest" pairs.
+    std::vector<DirEntry> entries;
+    if (os.ReadDir(d.staging.get(), &entries) != 0) return SysError("readdir staging", errno);
+    std::unordered_map<std::uint64_t, int> parts;  // version -> bit 1 dir, bit 2 manifest
+    std::vector<std::string> remove;
+    for (const auto& e : entries) {
+      if (e.name.rfind(prefix, 0) != 0) continue;
+      std::string rest = e.name.substr(prefix.size());
+      std::uint64_t v = 0;
+      auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), v);
+      std::string suffix(p);
+      if (ec != std::errc() || p == rest.data()) {
+        remove.push_back(e.name);
+      } else if (suffix.empty()) {
+        parts[v] |= 1;
+      } else if (suffix == ".manifest") {
+        parts[v] |= 2;
+      } else {
+        remove.push_back(e.name);
+      }
+    }
+    for (const auto& [v, bits] : parts) {
+      if (bits == 3 && keep_version && *keep_version == v) continue;
+      if (bits & 2) remove.push_back(StagedName(pkg, v) + ".manifest");  // first: no longer complete
+      if (bits & 1) remove.push_back(StagedName(pkg, v));
+    }
+    for (const auto& name : remove) {
+      DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, d.staging.get(), name));
+    }
+    // Trash: retired trees of this package.
+    if (os.ReadDir(d.trash.get(), &entries) != 0) return SysError("readdir trash", errno);
+    for (const auto& e : entries) {
+      if (e.name.rfind(prefix, 0) != 0) continue;
+      DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, d.trash.get(), e.name));
+    }
+    return Status::Ok();
+  }
+
+  // The installed version without taking the lock or writing anything: the manifest, corrected
+  // by a pending journal whose swap already happened.
+  Result<std::optional<std::uint64_t>> PeekInstalled(Dirs& d, const std::string& pkg) {
+    DESPOOL_ASSIGN_OR_RETURN(auto m, ReadManifest(d.state.get(), ManifestFile(pkg)));
+    std::optional<std::uint64_t> v;
+    if (m) v = m->version;
+    auto text = internal::ReadSmallFile(os, d.journal.get(), JournalFile(pkg));
+    if (text.ok()) {
+      auto j = JournalRecord::Parse(*text);
+      struct stat st;
+      if (j.ok() && os.FstatAt(d.root.get(), pkg.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+          st.st_ino == j->staged_ino && st.st_dev == j->staged_dev) {
+        v = j->to_version;
+      }
+    }
+    return v;
+  }
+
+  // ---- refresh ----
+
+  struct Job {
+    std::string pkg;
+    std::uint64_t version = 0;
+    std::string source;
+    const RefreshOptions* opt = nullptr;
+    const ProgressFn* progress = nullptr;
+    const CancelToken* cancel = nullptr;
+    const Manifest* repair_of = nullptr;        // repair: the manifest to restore
+    std::unordered_set<std::string> repair_bad; // repair: live paths that must not be linked
+
+    Dirs d;
+    std::string staged;
+    std::optional<Manifest> old;
+    bool live_exists = false;
+    Fd live;
+    std::unordered_map<std::string, struct stat> live_stats;
+    std::vector<SrcEntry> src;
+    std::vector<char> plan_link;
+    Manifest next;
+    std::unordered_set<ino_t> staged_inodes;
+    RefreshStats stats;
+    Progress prog;
+    Clock::time_point last_progress{};
+    bool staged_complete = false;  // the staged manifest is written
+  };
+
+  void Report(Job& job, Phase phase, bool force = true) {
+    job.prog.phase = phase;
+    if (!job.progress || !*job.progress) return;
+    auto now = Clock::now();
+    if (!force && now - job.last_progress < std::chrono::milliseconds(50)) return;
+    job.last_progress = now;
+    (*job.progress)(job.prog);
+  }
+
+  Status RemoveStaged(Job& job) {
+    if (!job.d.staging.valid() || job.staged.empty()) return Status::Ok();
+    std::string m = job.staged + ".manifest";
+    if (os.UnlinkAt(job.d.staging.get(), m.c_str(), 0) != 0 && errno != ENOENT) {
+      return SysError("remove " + m, errno);
+    }
+    return internal::RemoveTree(os, job.d.staging.get(), job.staged);
+  }
+
+  // Turns a staging failure into an outcome, removing the partial staged tree.
+  RefreshOutcome Abandon(Job& job, Error e) {
+    if (auto s = RemoveStaged(job); !s.ok()) {
+      Log()->warn("could not remove staging package={} error={}", job.pkg, s.error().ToString());
+    }
+    RefreshOutcome o = ErrorOutcome(std::move(e));
+    o.installed_version = job.old ? std::optional<std::uint64_t>(job.old->version) : std::nullopt;
+    o.stats = job.stats;
+    return o;
+  }
+
+  RefreshOutcome Cancelled(Job& job) {
+    (void)RemoveStaged(job);
+    RefreshOutcome o;
+    o.kind = OutcomeKind::kCancelled;
+    o.error = MakeError(ErrorCode::kAborted, "cancelled before the switch");
+    o.message = o.error.message;
+    o.installed_version = job.old ? std::optional<std::uint64_t>(job.old->version) : std::nullopt;
+    return o;
+  }
+
+  // Hashes a whole file from offset 0.
+  Result<std::uint64_t> HashFd(int fd, const std::string& what) {
+    XXH3_state_t* state = XXH3_createState();
+    if (state == nullptr) return MakeError(ErrorCode::kResourceExhausted, "XXH3_createState");
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> guard(state, &XXH3_freeState);
+    XXH3_64bits_reset(state);
+    std::vector<char> buf(kHashBuf);
+    off_t off = 0;
+    for (;;) {
+      ssize_t n = os.Pread(fd, buf.data(), buf.size(), off);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return SysError("read " + what, errno);
+      }
+      if (n == 0) break;
+      XXH3_64bits_update(state, buf.data(), static_cast<size_t>(n));
+      off += n;
+    }
+    return static_cast<std::uint64_t>(XXH3_64bits_digest(state));
+  }
+
+  bool SameFile(const struct stat& a, const struct stat& b) {
+    return a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_size == b.st_size &&
+           MtimeNs(a) == MtimeNs(b) && a.st_ctim.tv_sec == b.st_ctim.tv_sec &&
+           a.st_ctim.tv_nsec == b.st_ctim.tv_nsec && a.st_mode == b.st_mode;
+  }
+
+  Error SourceChanged(const std::string& path) {
+    return MakeError(ErrorCode::kUnavailable, "source changed during the copy: " + path);
+  }
+
+  // Waits for the rate limiter; false if cancelled meanwhile.
+  bool Throttle(Job& job, std::uint64_t bytes) {
+    if (!job.opt->rate_limiter) return true;
+    auto wait = job.opt->rate_limiter->Reserve(bytes);
+    if (wait.count() <= 0) return !job.cancel->cancelled();
+    return !job.cancel->WaitFor(wait);
+  }
+
+  // Copies one regular file into the staged dir; returns its content hash and inode.
+  Status CopyFile(Job& job, int src_dir, int dst_dir, const SrcEntry& e, std::uint64_t* hash,
+                  ino_t* ino, bool* cancelled) {
+    int raw = os.OpenAt(src_dir, e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
+    if (raw < 0) {
+      if (errno == ELOOP || errno == ENOENT) return SourceChanged(e.path);
+      return SysError("open source " + e.path, errno);
+    }
+    Fd src(&os, raw);
+    struct stat before;
+    if (os.Fstat(src.get(), &before) != 0) return SysError("stat source " + e.path, errno);
+    if (!S_ISREG(before.st_mode) || !SameFile(before, e.st)) return SourceChanged(e.path);
+    raw = os.OpenAt(dst_dir, e.name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    if (raw < 0) return SysError("create staged " + e.path, errno);
+    Fd dst(&os, raw);
+    const auto size = static_cast<std::uint64_t>(before.st_size);
+    std::uint64_t done = 0;
+    bool use_cfr = true;
+    std::vector<char> buf;
+    bool first_chunk = true;
+    while (done < size) {
+      size_t chunk = static_cast<size_t>(std::min<std::uint64_t>(kCopyChunk, size - done));
+      if (job.cancel->cancelled() || !Throttle(job, chunk)) {
+        *cancelled = true;
+        return Status::Ok();
+      }
+      ssize_t n;
+      if (use_cfr) {
+        off_t in_off = static_cast<off_t>(done), out_off = static_cast<off_t>(done);
+        n = os.CopyFileRange(src.get(), &in_off, dst.get(), &out_off, chunk, 0);
+        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+                      errno == EOPNOTSUPP)) {
+          use_cfr = false;  // fall back to read/write for the rest
+          continue;
+        }
+      } else {
+        if (buf.empty()) buf.resize(kHashBuf);
+        n = os.Pread(src.get(), buf.data(), std::min(chunk, buf.size()), static_cast<off_t>(done));
+        if (n > 0) {
+          ssize_t off = 0;
+          while (off < n) {
+            ssize_t w = os.Write(dst.get(), buf.data() + off, static_cast<size_t>(n - off));
+            if (w < 0) {
+              if (errno == EINTR) continue;
+              return SysError("write staged " + e.path, errno);
+            }
+            off += w;
+          }
+        }
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return SysError("copy " + e.path, errno);
+      }
+      if (n == 0) return SourceChanged(e.path);  // shrank under us
+      done += static_cast<std::uint64_t>(n);
+      job.prog.bytes_done += static_cast<std::uint64_t>(n);
+      if (first_chunk) {
+        first_chunk = false;
+        Checkpoint("copying");
+      }
+      Report(job, Phase::kStage, false);
+    }
+    DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path));
+    if (os.Fchmod(dst.get(), e.st.st_mode & 07777) != 0) return SysError("chmod " + e.path, errno);
+    const struct timespec times[2] = {{0, UTIME_OMIT}, e.st.st_mtim};
+    if (os.Futimens(dst.get(), times) != 0) return SysError("set mtime " + e.path, errno);
+    struct stat after, staged;
+    if (os.Fstat(src.get(), &after) != 0) return SysError("stat source " + e.path, errno);
+    if (!SameFile(before, after)) return SourceChanged(e.path);
+    if (os.Fstat(dst.get(), &staged) != 0) return SysError("stat staged " + e.path, errno);
+    if (static_cast<std::uint64_t>(staged.st_size) != size) return SourceChanged(e.path);
+    *ino = staged.st_ino;
+    job.stats.files_copied++;
+    job.stats.bytes_copied += size;
+    return Status::Ok();
+  }
+
+  // Quick check: link this source file from the live tree?
+  bool PlanLink(Job& job, const SrcEntry& e) {
+    auto live = job.live_stats.find(e.path);
+    if (live == job.live_stats.end() || !S_ISREG(live->second.st_mode)) return false;
+    const struct stat& ls = live->second;
+    if (job.repair_of != nullptr) {
+      if (job.repair_bad.count(e.path)) return false;
+      auto i = job.repair_of->Find(e.path);
+      if (i < 0) return false;
+      const auto& m = job.repair_of->entries[static_cast<size_t>(i)];
+      return m.type == EntryType::kFile && static_cast<std::uint64_t>(ls.st_size) == m.size &&
+             MtimeNs(ls) == m.mtime_ns && (ls.st_mode & 07777) == m.mode;
+    }
+    if (!job.old) return false;
+    auto i = job.old->Find(e.path);
+    if (i < 0) return false;
+    const auto& m = job.old->entries[static_cast<size_t>(i)];
+    auto matches = [&](const struct stat& st) {
+      return static_cast<std::uint64_t>(st.st_size) == m.size && MtimeNs(st) == m.mtime_ns &&
+             (st.st_mode & 07777) == m.mode;
+    };
+    // The source must match the manifest, and so must the live file itself (a file changed in
+    // place on the DP is copied afresh, never carried into the new version).
+    return m.type == EntryType::kFile && matches(e.st) && matches(ls);
+  }
+
+  const ManifestEntry* OldEntry(Job& job, const std::string& path) {
+    const Manifest* m = job.repair_of ? job.repair_of : (job.old ? &*job.old : nullptr);
+    if (m == nullptr) return nullptr;
+    auto i = m->Find(path);
+    return i < 0 ? nullptr : &m->entries[static_cast<size_t>(i)];
+  }
+
+  struct Level {
+    int entry = 0;
+    Fd src, dst, live;
+  };
+
+  Status FinishDir(Job& job, Level& level) {
+    const SrcEntry& e = job.src[static_cast<size_t>(level.entry)];
+    if (os.Fchmod(level.dst.get(), e.st.st_mode & 07777) != 0) {
+      return SysError("chmod staged dir " + e.path, errno);
+    }
+    const struct timespec times[2] = {{0, UTIME_OMIT}, e.st.st_mtim};
+    if (os.Futimens(level.dst.get(), times) != 0) {
+      return SysError("set mtime of staged dir " + e.path, errno);
+    }
+    return Status::Ok();
+  }
+
+  // Builds the staged tree; *cancelled set when the token fired.
+  Status Stage(Job& job, int src_root, bool* cancelled) {
+    int sfd = job.d.staging.get();
+    if (os.MkdirAt(sfd, job.staged.c_str(), 0700) != 0) {
+      return SysError("create staging " + job.staged, errno);
+    }
+    Checkpoint("staging");
+    std::vector<Level> stack;
+    {
+      Level root;
+      root.entry = 0;
+      int raw = os.OpenAt(src_root, ".", kDirFlags, 0);
+      if (raw < 0) return SysError("open source", errno);
+      root.src = Fd(&os, raw);
+      DESPOOL_ASSIGN_OR_RETURN(root.dst, internal::OpenDir(os, sfd, job.staged));
+      if (job.live_exists) {
+        raw = os.OpenAt(job.live.get(), ".", kDirFlags, 0);
+        if (raw < 0) return SysError("open live", errno);
+        root.live = Fd(&os, raw);
+      }
+      stack.push_back(std::move(root));
+    }
+    job.next.entries.clear();
+    job.next.entries.reserve(job.src.size());
+    {
+      const SrcEntry& r = job.src[0];
+      job.next.entries.push_back(ManifestEntry{".", EntryType::kDir, r.st.st_mode & 07777,
+                                               MtimeNs(r.st), 0, 0, {}});
+    }
+    for (size_t i = 1; i < job.src.size(); ++i) {
+      if (job.cancel->cancelled()) {
+        *cancelled = true;
+        return Status::Ok();
+      }
+      const SrcEntry& e = job.src[i];
+      while (stack.back().entry != e.parent) {
+        DESPOOL_RETURN_IF_ERROR(FinishDir(job, stack.back()));
+        stack.pop_back();
+      }
+      Level& L = stack.back();
+      ManifestEntry me{e.path, e.type, e.st.st_mode & 07777, MtimeNs(e.st), 0, 0, {}};
+      switch (e.type) {
+        case EntryType::kDir: {
+          if (os.MkdirAt(L.dst.get(), e.name.c_str(), 0700) != 0) {
+            return SysError("mkdir staged " + e.path, errno);
+          }
+          Level sub;
+          sub.entry = static_cast<int>(i);
+          int raw = os.OpenAt(L.src.get(), e.name.c_str(), kDirFlags, 0);
+          if (raw < 0) {
+            if (errno == ELOOP || errno == ENOTDIR || errno == ENOENT) return SourceChanged(e.path);
+            return SysError("open source dir " + e.path, errno);
+          }
+          sub.src = Fd(&os, raw);
+          DESPOOL_ASSIGN_OR_RETURN(sub.dst, internal::OpenDir(os, L.dst.get(), e.name));
+          if (L.live.valid()) {
+            raw = os.OpenAt(L.live.get(), e.name.c_str(), kDirFlags, 0);
+            if (raw >= 0) sub.live = Fd(&os, raw);
+          }
+          stack.push_back(std::move(sub));
+          break;
+        }
+        case EntryType::kSymlink: {
+          me.mode = 0;
+          me.target = e.target;
+          if (os.SymlinkAt(e.target.c_str(), L.dst.get(), e.name.c_str()) != 0) {
+            return SysError("symlink staged " + e.path, errno);
+          }
+          const struct timespec times[2] = {{0, UTIME_OMIT}, e.st.st_mtim};
+          if (os.UtimensAt(L.dst.get(), e.name.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
+            return SysError("set mtime of staged symlink " + e.path, errno);
+          }
+          break;
+        }
+        case EntryType::kFile: {
+          me.size = static_cast<std::uint64_t>(e.st.st_size);
+          bool link = job.plan_link[i] && L.live.valid();
+          const ManifestEntry* old = link ? OldEntry(job, e.path) : nullptr;
+          if (link && job.opt->checksum && job.repair_of == nullptr) {
+            // Content comparison for sources whose mtimes cannot be trusted.
+            int raw = os.OpenAt(L.src.get(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+            if (raw < 0) return SourceChanged(e.path);
+            Fd f(&os, raw);
+            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f.get(), "source " + e.path));
+            link = old != nullptr && h == old->hash;
+          }
+          if (link && os.LinkAt(L.live.get(), e.name.c_str(), L.dst.get(), e.name.c_str(), 0) == 0) {
+            me.hash = old->hash;
+            job.staged_inodes.insert(job.live_stats[e.path].st_ino);
+            job.stats.files_linked++;
+            job.stats.bytes_linked += me.size;
+          } else {
+            if (link && errno != ENOENT && errno != EMLINK && errno != EXDEV && errno != EPERM) {
+              return SysError("link " + e.path, errno);
+            }
+            ino_t ino = 0;
+            DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, &me.hash, &ino,
+                                             cancelled));
+            if (*cancelled) return Status::Ok();
+            if (job.repair_of != nullptr) {
+              const ManifestEntry* want = OldEntry(job, e.path);
+              if (want == nullptr || want->hash != me.hash) {
+                return MakeError(ErrorCode::kFailedPrecondition,
+                                 "source no longer matches the manifest of version " +
+                                     std::to_string(job.version) + ": content of " + e.path);
+              }
+            }
+            job.staged_inodes.insert(ino);
+          }
+          job.prog.files_done++;
+          Report(job, Phase::kStage, false);
+          break;
+        }
+      }
+      job.next.entries.push_back(std::move(me));
+    }
+    while (!stack.empty()) {
+      DESPOOL_RETURN_IF_ERROR(FinishDir(job, stack.back()));
+      stack.pop_back();
+    }
+    SortEntries(&job.next.entries);
+    return Status::Ok();
+  }
+
+  // Re-stats every source entry: anything changed since the scan (including files we linked
+  // rather than copied) makes the staged tree untrustworthy.
+  Status RecheckSource(Job& job, int src_root) {
+    std::vector<std::pair<int, Fd>> stack;  // entry index, its open source dir
+    int raw = os.OpenAt(src_root, ".", kDirFlags, 0);
+    if (raw < 0) return SysError("open source", errno);
+    stack.emplace_back(0, Fd(&os, raw));
+    for (size_t i = 1; i < job.src.size(); ++i) {
+      const SrcEntry& e = job.src[i];
+      while (stack.back().first != e.parent) stack.pop_back();
+      struct stat st;
+      if (os.FstatAt(stack.back().second.get(), e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return SourceChanged(e.path);
+      }
+      bool same = e.type == EntryType::kDir
+                      ? (st.st_ino == e.st.st_ino && st.st_mode == e.st.st_mode &&
+                         MtimeNs(st) == MtimeNs(e.st))
+                      : SameFile(st, e.st);
+      if (!same) return SourceChanged(e.path);
+      if (e.type == EntryType::kDir) {
+        raw = os.OpenAt(stack.back().second.get(), e.name.c_str(), kDirFlags, 0);
+        if (raw < 0) return SourceChanged(e.path);
+        stack.emplace_back(static_cast<int>(i), Fd(&os, raw));
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Can a staged tree kept from a deferral be used as is? It must describe the same source
+  // state (entry by entry, metadata) and still be intact on disk.
+  bool CanReuse(Job& job, const Manifest& staged_manifest) {
+    if (job.opt->checksum || job.repair_of != nullptr) return false;
+    if (staged_manifest.version != job.version || staged_manifest.source != job.source ||
+        staged_manifest.package != job.pkg ||
+        staged_manifest.entries.size() != job.src.size()) {
+      return false;
+    }
+    for (const auto& e : job.src) {
+      auto i = staged_manifest.Find(e.path);
+      if (i < 0) return false;
+      const auto& m = staged_manifest.entries[static_cast<size_t>(i)];
+      if (m.type != e.type || m.mtime_ns != MtimeNs(e.st)) return false;
+      if (e.type != EntryType::kSymlink && m.mode != (e.st.st_mode & 07777)) return false;
+      if (e.type == EntryType::kFile && m.size != static_cast<std::uint64_t>(e.st.st_size)) {
+        return false;
+      }
+      if (e.type == EntryType::kSymlink && m.target != e.target) return false;
+    }
+    auto dir = internal::OpenDir(os, job.d.staging.get(), job.staged);
+    if (!dir.ok()) return false;
+    std::unordered_map<std::string, struct stat> stats;
+    if (!internal::WalkTree(os, dir->get(), &stats).ok()) return false;
+    if (stats.size() + 1 != staged_manifest.entries.size()) return false;
+    for (const auto& m : staged_manifest.entries) {
+      if (m.path == ".") continue;
+      auto it = stats.find(m.path);
+      if (it == stats.end()) return false;
+      const struct stat& st = it->second;
+      bool ok = m.type == EntryType::kDir    ? S_ISDIR(st.st_mode)
+                : m.type == EntryType::kFile ? S_ISREG(st.st_mode)
+                                             : S_ISLNK(st.st_mode);
+      if (!ok || (m.type != EntryType::kDir && MtimeNs(st) != m.mtime_ns)) return false;
+      if (m.type == EntryType::kFile) {
+        if (static_cast<std::uint64_t>(st.st_size) != m.size || (st.st_mode & 07777) != m.mode) {
+          return false;
+        }
+        job.staged_inodes.insert(st.st_ino);
+      }
+    }
+    return true;
+  }
+
+  RefreshOutcome RunLocked(Job& job) {
+    auto t0 = Clock::now();
+    RefreshOutcome out;
+    job.staged = StagedName(job.pkg, job.version);
+
+    // What is live?
+    struct stat live_st;
+    if (os.FstatAt(job.d.root.get(), job.pkg.c_str(), &live_st, AT_SYMLINK_NOFOLLOW) == 0) {
+      if (!S_ISDIR(live_st.st_mode)) {
+        return ErrorOutcome(MakeError(ErrorCode::kFailedPrecondition,
+                                      "ROOT/" + job.pkg + " exists and is not a directory"));
+      }
+      job.live_exists = true;
+      auto live = internal::OpenDir(os, job.d.root.get(), job.pkg);
+      if (!live.ok()) return ErrorOutcome(live.take_error());
+      job.live = std::move(live).value();
+      if (auto s = internal::WalkTree(os, job.live.get(), &job.live_stats); !s.ok()) {
+        return ErrorOutcome(s.take_error());
+      }
+    } else if (errno != ENOENT) {
+      return ErrorOutcome(SysError("stat ROOT/" + job.pkg, errno));
+    }
+
+    // Scan the source.
+    Report(job, Phase::kScan);
+    int raw = os.OpenAt(AT_FDCWD, job.source.c_str(), O_RDONLY | O_DIRECTORY, 0);
+    if (raw < 0) return ErrorOutcome(SysError("open source " + job.source, errno));
+    Fd src_root(&os, raw);
+    auto scanned = internal::ScanSource(os, src_root.get());
+    if (!scanned.ok()) return ErrorOutcome(scanned.take_error());
+    job.src = std::move(scanned).value();
+    if (job.repair_of != nullptr) {
+      if (auto s = CheckSourceMatches(job); !s.ok()) return ErrorOutcome(s.take_error());
+    }
+    job.next.package = job.pkg;
+    job.next.version = job.version;
+    job.next.source = job.source;
+    job.stats.entries_total = job.src.size();
+    for (const auto& e : job.src) job.stats.files_total += e.type == EntryType::kFile;
+    job.prog.files_total = job.stats.files_total;
+    auto t_scan = Clock::now();
+    job.stats.scan = t_scan - t0;
+
+    // A staged tree kept from a deferral?
+    bool reused = false;
+    {
+      auto kept = ReadManifest(job.d.staging.get(), job.staged + ".manifest");
+      if (kept.ok() && kept->has_value() && CanReuse(job, **kept)) {
+        job.next = std::move(**kept);
+        reused = true;
+        job.staged_complete = true;
+        job.stats.reused_staging = true;
+        for (const auto& m : job.next.entries) {
+          if (m.type != EntryType::kFile) continue;
+          auto it = job.live_stats.find(m.path);
+          if (it != job.live_stats.end() && job.staged_inodes.count(it->second.st_ino)) {
+            job.stats.files_linked++;
+            job.stats.bytes_linked += m.size;
+          }
+        }
+        job.prog.files_done = job.stats.files_total;
+      } else {
+        job.staged_inodes.clear();
+        if (auto s = RemoveStaged(job); !s.ok()) return ErrorOutcome(s.take_error());
+      }
+    }
+
+    if (!reused) {
+      // Plan, check free space, stage.
+      job.plan_link.assign(job.src.size(), 0);
+      std::uint64_t copy_bytes = 0, new_inodes = 0;
+      for (size_t i = 0; i < job.src.size(); ++i) {
+        const SrcEntry& e = job.src[i];
+        if (e.type == EntryType::kFile) {
+          job.plan_link[i] = PlanLink(job, e);
+          if (!job.plan_link[i]) {
+            copy_bytes += (static_cast<std::uint64_t>(e.st.st_size) + 4095) & ~std::uint64_t{4095};
+            new_inodes++;
+          }
+        } else {
+          new_inodes++;
+        }
+      }
+      job.prog.bytes_total = copy_bytes;
+      struct statvfs vfs;
+      if (os.Fstatvfs(job.d.staging.get(), &vfs) != 0) {
+        return ErrorOutcome(SysError("statvfs staging", errno));
+      }
+      std::uint64_t avail = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      if (avail < copy_bytes + job.opt->reserve_bytes ||
+          (vfs.f_files > 0 && vfs.f_favail < new_inodes + 16)) {
+        return ErrorOutcome(MakeError(
+            ErrorCode::kResourceExhausted,
+            "not enough free space on the DP: need " + std::to_string(copy_bytes) +
+                " bytes + reserve " + std::to_string(job.opt->reserve_bytes) + " and " +
+                std::to_string(new_inodes) + " inodes, have " + std::to_string(avail) +
+                " bytes and " + std::to_string(vfs.f_favail) + " inodes"));
+      }
+      Report(job, Phase::kStage);
+      bool cancelled = false;
+      Status s = Stage(job, src_root.get(), &cancelled);
+      if (cancelled) return Cancelled(job);
+      if (s.ok()) s = RecheckSource(job, src_root.get());
+      if (!s.ok()) return Abandon(job, s.take_error());
+      if (job.repair_of != nullptr && job.next.entries != job.repair_of->entries) {
+        return Abandon(job, MakeError(ErrorCode::kFailedPrecondition,
+                                      "source no longer matches the manifest of version " +
+                                          std::to_string(job.version)));
+      }
+      auto t_stage = Clock::now();
+      job.stats.stage = t_stage - t_scan;
+      Checkpoint("staged");
+
+      // Durability of the staged tree, then its manifest (which marks it complete).
+      Report(job, Phase::kSync);
+      if (os.Syncfs(job.d.staging.get()) != 0) {
+        return Abandon(job, SysError("syncfs staging", errno));
+      }
+      if (auto w = internal::WriteFileAtomic(os, job.d.staging.get(), job.staged + ".manifest",
+                                             SerializeManifest(job.next));
+          !w.ok()) {
+        return Abandon(job, w.take_error());
+      }
+      job.staged_complete = true;
+      job.stats.sync = Clock::now() - t_stage;
+    }
+    for (const auto& [path, st] : job.live_stats) {
+      if (S_ISREG(st.st_mode) && job.next.Find(path) < 0) job.stats.files_removed++;
+    }
+
+    // In-use check: files the switch would replace or remove (or any file, if asked).
+    auto t_check = Clock::now();
+    Report(job, Phase::kInUseCheck);
+    if (job.cancel->cancelled()) return Cancelled(job);
+    if (job.live_exists && !job.opt->force) {
+      std::vector<std::string> candidates;
+      for (const auto& [path, st] : job.live_stats) {
+        if (!S_ISREG(st.st_mode)) continue;
+        if (job.opt->any_open_blocks || !job.staged_inodes.count(st.st_ino)) {
+          candidates.push_back(path);
+        }
+      }
+      std::sort(candidates.begin(), candidates.end());
+      if (!candidates.empty()) {
+        Result<InUseReport> report = MakeError(ErrorCode::kInternal, "no probe");
+        {
+          std::lock_guard lock(probe_mu);
+          report = probe->Check(job.live.get(), candidates);
+        }
+        job.stats.in_use_check = Clock::now() - t_check;
+        if (!report.ok()) {
+          Error e = report.take_error();
+          e.message = "in-use check failed: " + e.message;
+          e.code = ErrorCode::kUnavailable;  // never "not in use": retry later
+          if (!job.opt->keep_staged_on_defer) (void)RemoveStaged(job);
+          RefreshOutcome o = ErrorOutcome(std::move(e));
+          o.stats = job.stats;
+          return o;
+        }
+        if (!report->complete || !report->in_use.empty()) {
+          RefreshOutcome o;
+          o.kind = OutcomeKind::kDeferred;
+          o.in_use = std::move(report).value();
+          o.suggested_delay = job.opt->defer_delay;
+          o.installed_version = job.old ? std::optional(job.old->version) : std::nullopt;
+          o.stats = job.stats;
+          if (!o.in_use.complete) {
+            o.message = "in-use check incomplete: " + o.in_use.incomplete_reason;
+          } else {
+            o.message = std::to_string(o.in_use.in_use.size()) + " file(s) in use, first: " +
+                        o.in_use.in_use.front();
+          }
+          o.error = MakeError(ErrorCode::kUnavailable, o.message);
+          if (!job.opt->keep_staged_on_defer) (void)RemoveStaged(job);
+          Log()->info("refresh deferred package={} version={} reason={}", job.pkg, job.version,
+                      o.message);
+          return o;
+        }
+      }
+    }
+    job.stats.in_use_check = Clock::now() - t_check;
+    if (job.cancel->cancelled()) return Cancelled(job);
+    Checkpoint("checked");
+    job.live.Reset();  // hold nothing of the old tree open across the swap
+
+    // Switch.
+    auto t_switch = Clock::now();
+    Report(job, Phase::kSwitch);
+    struct stat staged_st;
+    if (os.FstatAt(job.d.staging.get(), job.staged.c_str(), &staged_st, AT_SYMLINK_NOFOLLOW) != 0) {
+      return ErrorOutcome(SysError("stat staged tree", errno));
+    }
+    JournalRecord j{job.pkg, job.version, job.staged, static_cast<std::uint64_t>(staged_st.st_dev),
+                    static_cast<std::uint64_t>(staged_st.st_ino)};
+    if (auto s = internal::WriteFileAtomic(os, job.d.journal.get(), JournalFile(job.pkg),
+                                           j.Serialize());
+        !s.ok()) {
+      return ErrorOutcome(s.take_error());
+    }
+    Checkpoint("journaled");
+    unsigned flags = job.live_exists ? RENAME_EXCHANGE : RENAME_NOREPLACE;
+    if (os.RenameAt2(job.d.staging.get(), job.staged.c_str(), job.d.root.get(), job.pkg.c_str(),
+                     flags) != 0) {
+      int err = errno;
+      Error e = SysError("swap staged tree into ROOT/" + job.pkg, err);
+      if (err == EINVAL && job.live_exists) {
+        e.code = ErrorCode::kFailedPrecondition;
+        e.message += " (the filesystem lacks RENAME_EXCHANGE)";
+      } else if (err == EEXIST) {
+        e.code = ErrorCode::kUnavailable;
+      }
+      // Nothing was swapped: drop the intent (the journal roll-back would do the same).
+      if (os.UnlinkAt(job.d.journal.get(), JournalFile(job.pkg).c_str(), 0) == 0) {
+        os.Fsync(job.d.journal.get());
+      }
+      return ErrorOutcome(std::move(e));
+    }
+    RefreshOutcome done;
+    done.kind = OutcomeKind::kApplied;
+    done.installed_version = job.version;
+    done.message = "applied version " + std::to_string(job.version);
+    Status commit = Status::Ok();
+    if (os.Fsync(job.d.root.get()) != 0) commit = SysError("fsync DP root", errno);
+    if (commit.ok() && job.live_exists && os.Fsync(job.d.staging.get()) != 0) {
+      commit = SysError("fsync staging", errno);
+    }
+    if (commit.ok()) {
+      Checkpoint("exchanged");
+      if (os.RenameAt2(job.d.staging.get(), (job.staged + ".manifest").c_str(), job.d.state.get(),
+                       ManifestFile(job.pkg).c_str(), 0) != 0) {
+        commit = SysError("commit manifest", errno);
+      } else if (os.Fsync(job.d.state.get()) != 0) {
+        commit = SysError("fsync state", errno);
+      }
+    }
+    if (!commit.ok()) {
+      // The new version is live; finish through the journal (roll forward). If even that fails
+      // the journal stays and the next Refresh/Recover of this package completes it.
+      Status rolled = RollJournal(job.d, job.pkg);
+      if (!rolled.ok()) {
+        RefreshOutcome o = ErrorOutcome(MakeError(
+            ErrorCode::kIo, "version " + std::to_string(job.version) +
+                                " is live but committing it failed (recovery will finish it): " +
+                                commit.error().message));
+        o.installed_version = job.version;
+        return o;
+      }
+    }
+    Checkpoint("committed");
+    job.stats.switch_time = Clock::now() - t_switch;
+
+    // Retire the old tree (now at the staged name).
+    auto t_retire = Clock::now();
+    Report(job, Phase::kRetire);
+    if (job.live_exists) {
+      std::string trash_name = job.staged + "." + std::to_string(::getpid()) + "." +
+                               std::to_string(t_retire.time_since_epoch().count());
+      int at = job.d.trash.get();
+      std::string name = trash_name;
+      if (os.RenameAt2(job.d.staging.get(), job.staged.c_str(), at, trash_name.c_str(), 0) != 0) {
+        at = job.d.staging.get();  // remove it in place
+        name = job.staged;
+      }
+      if (os.UnlinkAt(job.d.journal.get(), JournalFile(job.pkg).c_str(), 0) != 0 &&
+          errno != ENOENT) {
+        Log()->warn("could not remove journal package={} errno={}", job.pkg, errno);
+      }
+      if (auto s = internal::RemoveTree(os, at, name); !s.ok()) {
+        Log()->warn("retiring the old tree failed (cleaned later) package={} error={}", job.pkg,
+                    s.error().ToString());
+      }
+    } else if (os.UnlinkAt(job.d.journal.get(), JournalFile(job.pkg).c_str(), 0) != 0 &&
+               errno != ENOENT) {
+      Log()->warn("could not remove journal package={} errno={}", job.pkg, errno);
+    }
+    Checkpoint("retired");
+    job.stats.retire = Clock::now() - t_retire;
+    job.stats.total = Clock::now() - t0;
+    done.stats = job.stats;
+    job.prog.files_done = job.prog.files_total;
+    Report(job, Phase::kDone);
+    Log()->info(
+        "refresh applied package={} version={} files={} copied={} linked={} removed={} "
+        "bytes_copied={} ms={}",
+        job.pkg, job.version, job.stats.files_total, job.stats.files_copied,
+        job.stats.files_linked, job.stats.files_removed, job.stats.bytes_copied,
+        std::chrono::duration_cast<std::chrono::milliseconds>(job.stats.total).count());
+    return done;
+  }
+
+  // Repair: the source must still be what the manifest says (metadata; content is checked as
+  // files are copied).
+  Status CheckSourceMatches(Job& job) {
+    const Manifest& m = *job.repair_of;
+    auto mismatch = [&](const std::string& path) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "source " + job.source + " no longer matches the manifest of version " +
+                           std::to_string(m.version) + ": " + path);
+    };
+    if (m.entries.size() != job.src.size()) return mismatch("entry count differs");
+    for (const auto& e : job.src) {
+      auto i = m.Find(e.path);
+      if (i < 0) return mismatch(e.path);
+      const auto& me = m.entries[static_cast<size_t>(i)];
+      if (me.type != e.type || me.mtime_ns != MtimeNs(e.st)) return mismatch(e.path);
+      if (e.type == EntryType::kFile &&
+          (me.size != static_cast<std::uint64_t>(e.st.st_size) || me.mode != (e.st.st_mode & 07777))) {
+        return mismatch(e.path);
+      }
+      if (e.type == EntryType::kDir && me.mode != (e.st.st_mode & 07777)) return mismatch(e.path);
+      if (e.type == EntryType::kSymlink && me.target != e.target) return mismatch(e.path);
+    }
+    return Status::Ok();
+  }
+
+  // Common prologue: open, lock, recover this package. Fills job.d and job.old.
+  Result<Fd> Prepare(Job& job, const std::string& dp_root) {
+    DESPOOL_ASSIGN_OR_RETURN(job.d, OpenDirs(dp_root, true));
+    DESPOOL_ASSIGN_OR_RETURN(Fd lock, Lock(job.d, job.pkg, job.opt->lock_wait, job.cancel));
+    DESPOOL_ASSIGN_OR_RETURN(auto installed, PeekInstalled(job.d, job.pkg));
+    std::optional<std::uint64_t> keep;
+    if (!installed || *installed < job.version) keep = job.version;
+    DESPOOL_RETURN_IF_ERROR(RecoverPackage(job.d, job.pkg, keep));
+    auto old = ReadManifest(job.d.state.get(), ManifestFile(job.pkg));
+    if (old.ok()) {
+      job.old = std::move(old).value();
+    } else {
+      // An unreadable manifest: treat the live tree as unmanaged (full copy, no links).
+      Log()->warn("ignoring unreadable manifest package={} error={}", job.pkg,
+                  old.error().ToString());
+    }
+    return lock;
+  }
+
+  RefreshOutcome Refresh(const RefreshRequest& req, const ProgressFn& progress,
+                         const CancelToken& cancel) {
+    for (const Status& s : {ValidatePackageId(req.package_id), ValidateVersion(req.version),
+                            ValidateSourcePath(req.source_dir)}) {
+      if (!s.ok()) return ErrorOutcome(MakeError(ErrorCode::kInvalidArgument, s.error().message));
+    }
+    // Idempotence first, read-only: an installed version >= the request touches nothing.
+    {
+      auto root = OpenRoot(req.dp_root);
+      if (!root.ok()) return ErrorOutcome(root.take_error());
+      Dirs d;
+      d.root = std::move(root).value();
+      if (OpenMeta(&d, false).ok()) {
+        auto installed = PeekInstalled(d, req.package_id);
+        if (installed.ok() && installed->has_value() && **installed >= req.version) {
+          return UpToDate(**installed);
+        }
+      }
+    }
+    if (cancel.cancelled()) {
+      RefreshOutcome o;
+      o.kind = OutcomeKind::kCancelled;
+      o.message = "cancelled before start";
+      o.error = MakeError(ErrorCode::kAborted, o.message);
+      return o;
+    }
+    Job job;
+    job.pkg = req.package_id;
+    job.version = req.version;
+    job.source = req.source_dir;
+    job.opt = &req.options;
+    job.progress = &progress;
+    job.cancel = &cancel;
+    auto lock = Prepare(job, req.dp_root);
+    if (!lock.ok()) {
+      if (lock.error().code == ErrorCode::kAborted) return Cancelled(job);
+      return ErrorOutcome(lock.take_error());
+    }
+    if (job.old && job.old->version >= job.version) return UpToDate(job.old->version);
+    return RunLocked(job);
+  }
+
+  static RefreshOutcome UpToDate(std::uint64_t installed) {
+    RefreshOutcome o;
+    o.kind = OutcomeKind::kUpToDate;
+    o.installed_version = installed;
+    o.message = "installed version " + std::to_string(installed) + " is up to date";
+    return o;
+  }
+
+  Result<VerifyReport> VerifyLocked(Dirs& d, const Manifest& m, const std::string& pkg,
+                                    const VerifyOptions& options) {
+    VerifyReport r;
+    r.version = m.version;
+    std::unordered_map<std::string, struct stat> live;
+    auto live_fd = internal::OpenDir(os, d.root.get(), pkg);
+    if (!live_fd.ok()) {
+      if (live_fd.error().code != ErrorCode::kNotFound) return live_fd.take_error();
+      for (const auto& e : m.entries) {
+        if (e.path != ".") r.missing.push_back(e.path);
+      }
+      return r;
+    }
+    DESPOOL_RETURN_IF_ERROR(internal::WalkTree(os, live_fd->get(), &live));
+    for (const auto& e : m.entries) {
+      if (e.path == ".") continue;
+      auto it = live.find(e.path);
+      if (it == live.end()) {
+        r.missing.push_back(e.path);
+        continue;
+      }
+      const struct stat& st = it->second;
+      bool same = false;
+      switch (e.type) {
+        case EntryType::kDir:
+          same = S_ISDIR(st.st_mode) && (st.st_mode & 07777) == e.mode;
+          break;
+        case EntryType::kSymlink:
+          if (S_ISLNK(st.st_mode)) {
+            char buf[PATH_MAX + 1];
+            auto parent = e.path.rfind('/');
+            auto dir = parent == std::string::npos
+                           ? internal::OpenDir(os, live_fd->get(), ".")
+                           : internal::OpenBeneath(os, live_fd->get(), e.path.substr(0, parent),
+                                                   O_RDONLY | O_DIRECTORY);
+            if (!dir.ok()) return dir.take_error();
+            std::string name = parent == std::string::npos ? e.path : e.path.substr(parent + 1);
+            ssize_t n = os.ReadlinkAt(dir->get(), name.c_str(), buf, sizeof buf);
+            same = n >= 0 && std::string(buf, static_cast<size_t>(n)) == e.target &&
+                   MtimeNs(st) == e.mtime_ns;
+          }
+          break;
+        case EntryType::kFile:
+          same = S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == e.size &&
+                 (st.st_mode & 07777) == e.mode && MtimeNs(st) == e.mtime_ns;
+          if (same && options.content) {
+            auto f = internal::OpenBeneath(os, live_fd->get(), e.path, O_RDONLY | O_NONBLOCK);
+            if (!f.ok()) return f.take_error();
+            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f->get(), e.path));
+            same = h == e.hash;
+          }
+          break;
+      }
+      if (!same) r.changed.push_back(e.path);
+    }
+    for (const auto& [path, st] : live) {
+      if (m.Find(path) < 0) r.extra.push_back(path);
+    }
+    std::sort(r.extra.begin(), r.extra.end());
+    return r;
+  }
+};
+
+// ---- Engine ----
+
+Engine::Engine(EngineConfig config)
+    : impl_(std::make_unique<Impl>(
+          config.os ? *config.os : RealOs(),
+          config.probe ? config.probe : std::shared_ptr<InUseProbe>(MakeAutoProbe()),
+          std::move(config.checkpoint))) {}
+
+Engine::~Engine() = default;
+
+RefreshOutcome Engine::Refresh(const RefreshRequest& req, const ProgressFn& progress,
+                               const CancelToken& cancel) {
+  return impl_->Refresh(req, progress, cancel);
+}
+
+Status Engine::CheckDpRoot(const std::string& dp_root) {
+  Os& os = impl_->os;
+  DESPOOL_ASSIGN_OR_RETURN(Dirs d, impl_->OpenDirs(dp_root, true));
+  DESPOOL_ASSIGN_OR_RETURN(Fd check, internal::MakeDir(os, d.meta.get(), "check", 0755));
+  DESPOOL_RETURN_IF_ERROR(internal::RemoveChildren(os, check.get()));
+  std::string a = "a." + std::to_string(::getpid()), b = "b." + std::to_string(::getpid());
+  if (os.MkdirAt(check.get(), a.c_str(), 0700) != 0) return SysError("DP root not writable", errno);
+  if (os.MkdirAt(check.get(), b.c_str(), 0700) != 0) return SysError("DP root not writable", errno);
+  struct stat sa, sb, after;
+  if (os.FstatAt(check.get(), a.c_str(), &sa, AT_SYMLINK_NOFOLLOW) != 0 ||
+      os.FstatAt(check.get(), b.c_str(), &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+    return SysError("stat scratch dirs", errno);
+  }
+  int rc = os.RenameAt2(check.get(), a.c_str(), check.get(), b.c_str(), RENAME_EXCHANGE);
+  int err = errno;
+  bool swapped = rc == 0 && os.FstatAt(check.get(), a.c_str(), &after, AT_SYMLINK_NOFOLLOW) == 0 &&
+                 after.st_ino == sb.st_ino;
+  Status cleanup = internal::RemoveChildren(os, check.get());
+  if (rc != 0) {
+    if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "DP root " + dp_root + ": the filesystem does not support "
+                       "renameat2(RENAME_EXCHANGE); despool refuses it");
+    }
+    return SysError("renameat2(RENAME_EXCHANGE) on " + dp_root, err);
+  }
+  if (!swapped) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "DP root " + dp_root + ": RENAME_EXCHANGE did not swap the scratch dirs");
+  }
+  return cleanup;
+}
+
+Status Engine::Recover(const std::string& dp_root) {
+  Os& os = impl_->os;
+  auto root = impl_->OpenRoot(dp_root);
+  if (!root.ok()) return root.take_error();
+  Dirs d;
+  d.root = std::move(root).value();
+  struct stat st;
+  if (os.FstatAt(d.root.get(), kMetaDir, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) {
+    return Status::Ok();  // nothing was ever done here
+  }
+  DESPOOL_RETURN_IF_ERROR(impl_->OpenMeta(&d, true));
+  // Every package with anything in flight: journals, staging, trash, temp manifests.
+  std::unordered_set<std::string> packages;
+  auto collect = [&](int dirfd, char sep) -> Status {
+    std::vector<DirEntry> entries;
+    if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir .despool", errno);
+    for (const auto& e : entries) {
+      auto pos = sep == '@' ? e.name.find('@') : e.name.rfind(".journal");
+      if (sep == 'm') pos = e.name.rfind(".manifest.tmp");
+      if (pos == std::string::npos || pos == 0) continue;
+      std::string pkg = e.name.substr(0, pos);
+      if (ValidatePackageId(pkg).ok()) packages.insert(pkg);
+    }
+    return Status::Ok();
+  };
+  DESPOOL_RETURN_IF_ERROR(collect(d.journal.get(), 'j'));
+  DESPOOL_RETURN_IF_ERROR(collect(d.staging.get(), '@'));
+  DESPOOL_RETURN_IF_ERROR(collect(d.trash.get(), '@'));
+  DESPOOL_RETURN_IF_ERROR(collect(d.state.get(), 'm'));
+  Status first_error = Status::Ok();
+  for (const auto& pkg : packages) {
+    auto lock = impl_->Lock(d, pkg, std::chrono::milliseconds(0), nullptr);
+    if (!lock.ok()) continue;  // a live refresh holds it and recovers on its own
+    auto installed = impl_->PeekInstalled(d, pkg);
+    std::optional<std::uint64_t> keep;
+    // Keep the newest complete staged tree above the installed version for reuse.
+    std::vector<DirEntry> entries;
+    if (os.ReadDir(d.staging.get(), &entries) == 0) {
+      for (const auto& e : entries) {
+        std::string prefix = pkg + "@";
+        if (e.name.rfind(prefix, 0) != 0) continue;
+        std::string rest = e.name.substr(prefix.size());
+        std::uint64_t v = 0;
+        auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), v);
+        if (ec != std::errc() || std::string(p) != ".manifest") continue;
+        if (installed.ok() && installed->has_value() && **installed >= v) continue;
+        if (!keep || *keep < v) keep = v;
+      }
+    }
+    Status s = impl_->RecoverPackage(d, pkg, keep);
+    if (!s.ok()) {
+      Log()->error("recovery failed package={} error={}", pkg, s.error().ToString());
+      if (first_error.ok()) first_error = s;
+    }
+  }
+  // Scratch dirs of an interrupted CheckDpRoot.
+  auto check = internal::OpenDir(os, d.meta.get(), "check");
+  if (check.ok()) (void)internal::RemoveChildren(os, check->get());
+  return first_error;
+}
+
+Result<std::optional<std::uint64_t>> Engine::InstalledVersion(const std::string& dp_root,
+                                                              const std::string& package_id) {
+  DESPOOL_RETURN_IF_ERROR(ValidatePackageId(package_id));
+  DESPOOL_ASSIGN_OR_RETURN(Fd root, impl_->OpenRoot(dp_root));
+  Dirs d;
+  d.root = std::move(root);
+  if (!impl_->OpenMeta(&d, false).ok()) return std::optional<std::uint64_t>();
+  return impl_->PeekInstalled(d, package_id);
+}
+
+Result<Manifest> Engine::InstalledManifest(const std::string& dp_root,
+                                           const std::string& package_id) {
+  DESPOOL_RETURN_IF_ERROR(ValidatePackageId(package_id));
+  DESPOOL_ASSIGN_OR_RETURN(Dirs d, impl_->OpenDirs(dp_root, false));
+  DESPOOL_ASSIGN_OR_RETURN(auto m, impl_->ReadManifest(d.state.get(), ManifestFile(package_id)));
+  if (!m) return MakeError(ErrorCode::kNotFound, "package " + package_id + " is not installed");
+  return std::move(*m);
+}
+
+Result<VerifyReport> Engine::Verify(const std::string& dp_root, const std::string& package_id,
+                                    const VerifyOptions& options) {
+  DESPOOL_RETURN_IF_ERROR(ValidatePackageId(package_id));
+  DESPOOL_ASSIGN_OR_RETURN(Dirs d, impl_->OpenDirs(dp_root, true));
+  DESPOOL_ASSIGN_OR_RETURN(Fd lock, impl_->Lock(d, package_id, std::chrono::milliseconds(0), nullptr));
+  DESPOOL_RETURN_IF_ERROR(impl_->RollJournal(d, package_id));
+  DESPOOL_ASSIGN_OR_RETURN(auto m, impl_->ReadManifest(d.state.get(), ManifestFile(package_id)));
+  if (!m) return MakeError(ErrorCode::kNotFound, "package " + package_id + " is not installed");
+  return impl_->VerifyLocked(d, *m, package_id, options);
+}
+
+RefreshOutcome Engine::Repair(const std::string& dp_root, const std::string& package_id,
+                              const RefreshOptions& options, const ProgressFn& progress,
+                              const CancelToken& cancel) {
+  if (auto s = ValidatePackageId(package_id); !s.ok()) return ErrorOutcome(s.take_error());
+  Impl::Job job;
+  job.pkg = package_id;
+  job.opt = &options;
+  job.progress = &progress;
+  job.cancel = &cancel;
+  auto lock = impl_->Prepare(job, dp_root);
+  if (!lock.ok()) return ErrorOutcome(lock.take_error());
+  if (!job.old) {
+    return ErrorOutcome(MakeError(ErrorCode::kFailedPrecondition,
+                                  "package " + package_id + " is not installed: nothing to repair"));
+  }
+  auto report = impl_->VerifyLocked(job.d, *job.old, package_id, VerifyOptions{true});
+  if (!report.ok()) return ErrorOutcome(report.take_error());
+  if (report->clean()) return Impl::UpToDate(job.old->version);
+  job.version = job.old->version;
+  job.source = job.old->source;
+  Manifest expected = *job.old;
+  job.repair_of = &expected;
+  for (const auto& p : report->changed) job.repair_bad.insert(p);
+  for (const auto& p : report->missing) job.repair_bad.insert(p);
+  if (auto s = ValidateSourcePath(job.source); !s.ok()) return ErrorOutcome(s.take_error());
+  // The installed version's own staged name may hold nothing useful: start clean.
+  job.staged = StagedName(job.pkg, job.version);
+  if (auto s = impl_->RemoveStaged(job); !s.ok()) return ErrorOutcome(s.take_error());
+  return impl_->RunLocked(job);
+}
+
+}  // namespace despool::workers

@@ -1,0 +1,165 @@
+#include "fsutil.h"
+
+#include <cerrno>
+
+namespace despool::workers::internal {
+
+std::int64_t MtimeNs(const struct stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+Result<Fd> OpenDir(Os& os, int dirfd, const std::string& name) {
+  int fd = os.OpenAt(dirfd, name.c_str(), kDirFlags, 0);
+  if (fd < 0) return SysError("open directory " + name, errno);
+  return Fd(&os, fd);
+}
+
+Result<Fd> MakeDir(Os& os, int dirfd, const std::string& name, mode_t mode) {
+  if (os.MkdirAt(dirfd, name.c_str(), mode) != 0 && errno != EEXIST) {
+    return SysError("mkdir " + name, errno);
+  }
+  return OpenDir(os, dirfd, name);
+}
+
+Result<std::string> ReadSmallFile(Os& os, int dirfd, const std::string& name) {
+  int raw = os.OpenAt(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW, 0);
+  if (raw < 0) return SysError("open " + name, errno);
+  Fd fd(&os, raw);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = os.Read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return SysError("read " + name, errno);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (1u << 30)) return MakeError(ErrorCode::kResourceExhausted, name + " too big");
+  }
+  return out;
+}
+
+Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_view data) {
+  std::string tmp = name + ".tmp";
+  int raw = os.OpenAt(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
+  if (raw < 0) return SysError("create " + tmp, errno);
+  Fd fd(&os, raw);
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = os.Write(fd.get(), data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      fd.Reset();
+      os.UnlinkAt(dirfd, tmp.c_str(), 0);
+      return SysError("write " + tmp, err);
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (os.Fsync(fd.get()) != 0) {
+    int err = errno;
+    fd.Reset();
+    os.UnlinkAt(dirfd, tmp.c_str(), 0);
+    return SysError("fsync " + tmp, err);
+  }
+  fd.Reset();
+  if (os.RenameAt2(dirfd, tmp.c_str(), dirfd, name.c_str(), 0) != 0) {
+    int err = errno;
+    os.UnlinkAt(dirfd, tmp.c_str(), 0);
+    return SysError("rename " + tmp, err);
+  }
+  if (os.Fsync(dirfd) != 0) return SysError("fsync directory of " + name, errno);
+  return Status::Ok();
+}
+
+Status RemoveChildren(Os& os, int dirfd) {
+  std::vector<DirEntry> entries;
+  if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir", errno);
+  for (const auto& e : entries) {
+    unsigned char type = e.type;
+    if (type == DT_UNKNOWN) {
+      struct stat st;
+      if (os.FstatAt(dirfd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) continue;
+        return SysError("stat " + e.name, errno);
+      }
+      type = S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
+    }
+    if (type == DT_DIR) {
+      DESPOOL_RETURN_IF_ERROR(RemoveTree(os, dirfd, e.name));
+    } else if (os.UnlinkAt(dirfd, e.name.c_str(), 0) != 0 && errno != ENOENT) {
+      return SysError("unlink " + e.name, errno);
+    }
+  }
+  return Status::Ok();
+}
+
+Status RemoveTree(Os& os, int dirfd, const std::string& name) {
+  if (os.UnlinkAt(dirfd, name.c_str(), 0) == 0) return Status::Ok();
+  if (errno == ENOENT) return Status::Ok();
+  if (errno != EISDIR && errno != EPERM) return SysError("unlink " + name, errno);
+  int raw = os.OpenAt(dirfd, name.c_str(), kDirFlags, 0);
+  if (raw < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return SysError("open " + name, errno);
+  }
+  {
+    Fd fd(&os, raw);
+    struct stat st;
+    // A staged or retired dir may carry a read-only mode from the source: we own it.
+    if (os.Fstat(fd.get(), &st) == 0 && (st.st_mode & S_IRWXU) != S_IRWXU) {
+      os.Fchmod(fd.get(), (st.st_mode & 07777) | S_IRWXU);
+    }
+    DESPOOL_RETURN_IF_ERROR(RemoveChildren(os, fd.get()));
+  }
+  if (os.UnlinkAt(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+    return SysError("rmdir " + name, errno);
+  }
+  return Status::Ok();
+}
+
+Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
+                const std::string& prefix) {
+  std::vector<DirEntry> entries;
+  if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir " + prefix, errno);
+  for (const auto& e : entries) {
+    struct stat st;
+    if (os.FstatAt(dirfd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      return SysError("stat " + Join(prefix, e.name), errno);
+    }
+    std::string path = Join(prefix, e.name);
+    (*out)[path] = st;
+    if (S_ISDIR(st.st_mode)) {
+      DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, e.name));
+      DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, path));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace despool::workers::internal
+
+namespace despool::workers::internal {
+Result<Fd> OpenBeneath(Os& os, int dirfd, const std::string& rel, int flags) {
+  Fd cur;
+  int at = dirfd;
+  size_t start = 0;
+  for (;;) {
+    size_t slash = rel.find('/', start);
+    std::string comp = rel.substr(start, slash == std::string::npos ? std::string::npos
+                                                                    : slash - start);
+    if (slash == std::string::npos) {
+      int fd = os.OpenAt(at, comp.c_str(), flags | O_NOFOLLOW, 0);
+      if (fd < 0) return SysError("open " + rel, errno);
+      return Fd(&os, fd);
+    }
+    int fd = os.OpenAt(at, comp.c_str(), kDirFlags, 0);
+    if (fd < 0) return SysError("open " + rel, errno);
+    cur = Fd(&os, fd);
+    at = cur.get();
+    start = slash + 1;
+  }
+}
+}  // namespace despool::workers::internal

@@ -1,0 +1,77 @@
+// Internal helpers of the refresh engine over the Os interface (not installed API).
+#pragma once
+
+#include <sys/stat.h>
+
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "despool/common/result.h"
+#include "despool/workers/os.h"
+
+namespace despool::workers::internal {
+
+// An owned descriptor, closed through the Os it came from.
+class Fd {
+ public:
+  Fd() = default;
+  Fd(Os* os, int fd) : os_(os), fd_(fd) {}
+  Fd(Fd&& o) noexcept : os_(o.os_), fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      os_ = o.os_;
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { Reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void Reset() {
+    if (fd_ >= 0) os_->Close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  Os* os_ = nullptr;
+  int fd_ = -1;
+};
+
+// Flags for opening a directory below the DP root: never follows a symlink.
+inline constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW;
+
+// Opens `name` (one component or a relative path) as a directory; errno-classed error.
+Result<Fd> OpenDir(Os& os, int dirfd, const std::string& name);
+// mkdirat (EEXIST tolerated) then OpenDir.
+Result<Fd> MakeDir(Os& os, int dirfd, const std::string& name, mode_t mode);
+
+// Whole small file (manifests, journals). kNotFound when absent.
+Result<std::string> ReadSmallFile(Os& os, int dirfd, const std::string& name);
+// Writes name.tmp, fsyncs it, renames it over name, fsyncs the directory.
+Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_view data);
+
+// Removes a file, symlink or whole tree (never follows symlinks). Absent is fine.
+Status RemoveTree(Os& os, int dirfd, const std::string& name);
+// Removes every entry of the directory (not the directory itself).
+Status RemoveChildren(Os& os, int dirfd);
+
+// Stats of every entry below the directory, keyed by relative path ("." excluded), lstat-like.
+Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
+                const std::string& prefix = "");
+
+std::int64_t MtimeNs(const struct stat& st);
+inline std::string Join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir == "." ? name : dir + "/" + name;
+}
+
+}  // namespace despool::workers::internal
+
+namespace despool::workers::internal {
+// Opens a path below dirfd one component at a time, never following a symlink (the last
+// component is opened with `flags | O_NOFOLLOW`).
+Result<Fd> OpenBeneath(Os& os, int dirfd, const std::string& rel, int flags);
+}  // namespace despool::workers::internal

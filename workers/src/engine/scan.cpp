@@ -1,0 +1,160 @@
+#include "scan.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <deque>
+#include <unordered_map>
+
+#include "despool/common/names.h"
+#include "fsutil.h"
+
+namespace despool::workers::internal {
+namespace {
+
+Error Hostile(const std::string& path, const std::string& why) {
+  return MakeError(ErrorCode::kInvalidArgument, "refused source entry '" + path + "': " + why);
+}
+
+const char* TypeName(mode_t mode) {
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISFIFO(mode)) return "FIFO";
+  if (S_ISSOCK(mode)) return "socket";
+  return "unsupported file type";
+}
+
+Status ScanDir(Os& os, int dirfd, int self, std::vector<SrcEntry>* out) {
+  std::vector<DirEntry> children;
+  if (os.ReadDir(dirfd, &children) != 0) {
+    return SysError("read source directory " + (*out)[self].path, errno);
+  }
+  std::sort(children.begin(), children.end(),
+            [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+  for (const auto& c : children) {
+    const SrcEntry& parent = (*out)[self];
+    SrcEntry e;
+    e.name = c.name;
+    e.path = Join(parent.path, c.name);
+    e.parent = self;
+    e.depth = parent.depth + 1;
+    if (c.name.size() > NAME_MAX) return Hostile(e.path.substr(0, 200), "name too long");
+    if (auto s = ValidateRelativePath(e.path); !s.ok()) {
+      return Hostile(e.path.substr(0, 200), s.error().message);
+    }
+    if (e.depth > kMaxDepth) return Hostile(e.path.substr(0, 200), "tree too deep");
+    if (os.FstatAt(dirfd, c.name.c_str(), &e.st, AT_SYMLINK_NOFOLLOW) != 0) {
+      return SysError("stat source " + e.path, errno);
+    }
+    if (S_ISREG(e.st.st_mode)) {
+      e.type = EntryType::kFile;
+    } else if (S_ISDIR(e.st.st_mode)) {
+      e.type = EntryType::kDir;
+    } else if (S_ISLNK(e.st.st_mode)) {
+      e.type = EntryType::kSymlink;
+      char buf[PATH_MAX + 1];
+      ssize_t n = os.ReadlinkAt(dirfd, c.name.c_str(), buf, sizeof buf);
+      if (n < 0) return SysError("readlink source " + e.path, errno);
+      if (static_cast<size_t>(n) >= sizeof buf) return Hostile(e.path, "symlink target too long");
+      e.target.assign(buf, static_cast<size_t>(n));
+      if (e.target.empty()) return Hostile(e.path, "empty symlink");
+      if (e.target[0] == '/') return Hostile(e.path, "absolute symlink -> " + e.target);
+    } else {
+      return Hostile(e.path, TypeName(e.st.st_mode));
+    }
+    out->push_back(std::move(e));
+    int index = static_cast<int>(out->size()) - 1;
+    if ((*out)[index].type == EntryType::kDir) {
+      int raw = os.OpenAt(dirfd, c.name.c_str(), kDirFlags, 0);
+      if (raw < 0) return SysError("open source directory " + (*out)[index].path, errno);
+      Fd sub(&os, raw);
+      DESPOOL_RETURN_IF_ERROR(ScanDir(os, sub.get(), index, out));
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<std::string> SplitPath(const std::string& p) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t i = 0; i <= p.size(); ++i) {
+    if (i == p.size() || p[i] == '/') {
+      if (i > start) out.push_back(p.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  return out;
+}
+
+std::string JoinParts(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) {
+    if (!out.empty()) out.push_back('/');
+    out += p;
+  }
+  return out.empty() ? "." : out;
+}
+
+}  // namespace
+
+Status ValidateSymlinks(const std::vector<SrcEntry>& entries) {
+  std::unordered_map<std::string, const SrcEntry*> by_path;
+  bool any = false;
+  for (const auto& e : entries) {
+    by_path.emplace(e.path, &e);
+    any = any || e.type == EntryType::kSymlink;
+  }
+  if (!any) return Status::Ok();
+  for (const auto& e : entries) {
+    if (e.type != EntryType::kSymlink) continue;
+    // Physical resolution as the kernel would do it inside the installed package: `where` is the
+    // directory reached so far (components below the package root).
+    std::vector<std::string> where = SplitPath(e.path);
+    where.pop_back();  // the link's own directory
+    std::deque<std::string> pending;
+    for (auto& c : SplitPath(e.target)) pending.push_back(std::move(c));
+    int hops = 0;
+    bool exists = true;  // false once resolution left the known tree (dangling)
+    while (!pending.empty()) {
+      std::string c = std::move(pending.front());
+      pending.pop_front();
+      if (c == ".") continue;
+      if (c == "..") {
+        if (where.empty()) return Hostile(e.path, "symlink leaves the package -> " + e.target);
+        where.pop_back();
+        continue;
+      }
+      where.push_back(c);
+      if (!exists) continue;
+      auto it = by_path.find(JoinParts(where));
+      if (it == by_path.end()) {
+        exists = false;
+        continue;
+      }
+      const SrcEntry* hit = it->second;
+      if (hit->type == EntryType::kSymlink) {
+        if (++hops > 40) return Hostile(e.path, "symlink loop");
+        if (hit->target[0] == '/') return Hostile(e.path, "symlink through an absolute symlink");
+        where.pop_back();
+        auto parts = SplitPath(hit->target);
+        for (auto r = parts.rbegin(); r != parts.rend(); ++r) pending.push_front(*r);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd) {
+  std::vector<SrcEntry> out;
+  SrcEntry root;
+  root.path = ".";
+  root.name = ".";
+  if (os.Fstat(src_fd, &root.st) != 0) return SysError("stat source root", errno);
+  if (!S_ISDIR(root.st.st_mode)) return Hostile(".", "source is not a directory");
+  out.push_back(std::move(root));
+  DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out));
+  DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));
+  return out;
+}
+
+}  // namespace despool::workers::internal

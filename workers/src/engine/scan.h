@@ -1,0 +1,38 @@
+// Source scanning and validation (internal).
+#pragma once
+
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+#include "despool/common/result.h"
+#include "despool/workers/manifest.h"
+#include "despool/workers/os.h"
+
+namespace despool::workers::internal {
+
+// Deeper trees are refused (each level holds descriptors while staging).
+inline constexpr int kMaxDepth = 128;
+
+struct SrcEntry {
+  std::string path;      // relative; "." for the root
+  std::string name;      // last component ("." for the root)
+  int parent = -1;       // index of the parent directory entry (-1 for the root)
+  int depth = 0;
+  EntryType type = EntryType::kDir;
+  struct stat st {};
+  std::string target;    // symlinks
+};
+
+// Walks the source tree below src_fd (never following symlinks) in depth-first order, children
+// sorted by name; entries[0] is the root. kInvalidArgument (permanent) for hostile content:
+// devices, FIFOs, sockets, bad or oversized paths, too deep, symlinks that are absolute or
+// resolve outside the package. OS errors are returned errno-classed.
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd);
+
+// The symlink check alone (exposed for tests): every symlink, resolved physically through the
+// other entries (following in-package symlinks), must stay inside the package.
+Status ValidateSymlinks(const std::vector<SrcEntry>& entries);
+
+}  // namespace despool::workers::internal
