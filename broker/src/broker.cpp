@@ -40,6 +40,12 @@ bool IsWorkerMessage(const Body& b) {
          std::holds_alternative<msg::ReleaseHint>(b) || std::holds_alternative<msg::Disconnect>(b);
 }
 
+// The file descriptor of the connection a frame arrived on (ZMQ_SRCFD), or -1.
+int SourceFd(zmq::message_t& frame) {
+  const int fd = zmq_msg_get(frame.handle(), ZMQ_SRCFD);
+  return fd;
+}
+
 std::string Printable(std::string_view id) {
   static const char* hex = "0123456789abcdef";
   std::string s;
@@ -206,8 +212,9 @@ class Broker::Impl {
       // PROTOCOL.md 5: no reply, and that peer's connection is dropped. ZeroMQ gives no API to
       // close one ROUTER peer, so shut down the TCP/IPC connection it came in on: ZeroMQ sees it
       // close and forgets the peer; everyone else is unaffected.
-      const int fd = frames[0].get(ZMQ_SRCFD);
       log_->warn("dropping peer: too many frames side={} peer={} frames={}", side, Printable(peer), count);
+      // The routing-id frame is made up by the ROUTER; the next one came off the connection.
+      const int fd = frames.size() > 1 ? SourceFd(frames[1]) : -1;
       if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
       if (!is_frontend) core_->OnWorkerMessage(peer, msg::Disconnect{"dropped: too many frames"}, now);
       return true;
@@ -237,10 +244,16 @@ class Broker::Impl {
                  LogQuote(std::get<msg::ErrorReply>(env.body).message));
       return true;
     }
-    if (is_frontend) {
-      HandleFrontend(peer, env, now);
-    } else {
-      HandleBackend(peer, env, now);
+    try {
+      if (is_frontend) {
+        HandleFrontend(peer, env, now);
+      } else {
+        HandleBackend(peer, env, now);
+      }
+    } catch (const std::exception& e) {
+      // A bug, not an input problem: log it loudly and keep serving everyone else.
+      log_->error("internal error handling message side={} type={} error={}", side, msg::TypeName(env.body),
+                  LogQuote(e.what()));
     }
     return true;
   }
