@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
     rows.push_back(std::move(row));
   };
   probe_row("lease probe", MakeLeaseProbe(), rel, false);
+  probe_row("lease, 1 thread", MakeLeaseProbe({1, 2000}), rel, false);
   probe_row("/proc probe", MakeProcProbe(), rel, true);
   probe_row("auto probe", MakeAutoProbe(), rel, true);
   probe_row("lease probe", MakeLeaseProbe(), subset, false);
@@ -191,8 +192,8 @@ int main(int argc, char** argv) {
     }
     rows.push_back(std::move(row));
   };
-  fuser_row("fuser -s (10000 paths)", abs_args, false);
-  fuser_row("fuser (10000 paths)", verbose_args, true);
+  fuser_row("fuser -s (" + std::to_string(rel.size()) + " paths)", abs_args, false);
+  fuser_row("fuser (" + std::to_string(rel.size()) + " paths)", verbose_args, true);
 
   std::printf("in-use check: %d files in %d dirs under %s, held: %s (pid %d), %d runs each\n", files, dirs,
               pkg.c_str(), held.c_str(), static_cast<int>(holder.pid()), runs);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -274,6 +275,109 @@ TEST_P(InUsePathTest, NonRegularEntriesAreNotFiles) {
 INSTANTIATE_TEST_SUITE_P(Probes, InUsePathTest, ::testing::Values("lease", "proc", "auto"));
 
 // ---- lease specifics -----------------------------------------------------------------------
+
+// A process that opens and closes one file in a tight loop until killed.
+class ChurningOpener {
+ public:
+  explicit ChurningOpener(const std::string& path) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      for (;;) {
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) ::close(fd);
+      }
+    }
+  }
+  ~ChurningOpener() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+volatile sig_atomic_t g_lease_breaks = 0;
+
+TEST_F(InUseTest, SurvivesLeaseBreaksFromConcurrentOpeners) {
+  // Every open by the churning child while we hold our (momentary) lease breaks it: the kernel
+  // sends us SIGIO. Counted here by a handler (without SA_RESTART, so interrupted calls are
+  // exercised too); with SIG_DFL this process would die. Both verdicts are legitimate for a
+  // file opened and closed continuously, but the probe must never fail.
+  struct sigaction counting {}, old {};
+  counting.sa_handler = [](int) { g_lease_breaks = g_lease_breaks + 1; };
+  sigemptyset(&counting.sa_mask);
+  ASSERT_EQ(::sigaction(SIGIO, &counting, &old), 0);
+  g_lease_breaks = 0;
+  {
+    ChurningOpener churn(Abs("a.txt"));
+    ASSERT_GT(churn.pid(), 0);
+    auto probe = MakeLeaseProbe();
+    int in_use = 0;
+    for (int i = 0; i < 3000; ++i) {
+      auto report = probe->Check(dirfd_, {"a.txt"});
+      ASSERT_TRUE(report.ok()) << report.error().ToString();
+      in_use += report->in_use.empty() ? 0 : 1;
+    }
+    std::printf("lease probe vs churning opener: %d/3000 in use, %d lease breaks signalled\n", in_use,
+                static_cast<int>(g_lease_breaks));
+  }
+  ASSERT_EQ(::sigaction(SIGIO, &old, nullptr), 0);
+  auto report = MakeLeaseProbe()->Check(dirfd_, {"a.txt"});
+  ASSERT_TRUE(report.ok());
+  EXPECT_THAT(report->in_use, IsEmpty());
+}
+
+// Takes a write lease on path, has a child open the file (which breaks the lease), and waits
+// for the break to be pending before releasing. Returns "" or what went wrong.
+std::string BreakOurLease(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "open failed";
+  if (::fcntl(fd, F_SETLEASE, F_WRLCK) != 0) {
+    ::close(fd);
+    return std::string("F_SETLEASE: ") + std::strerror(errno);
+  }
+  pid_t child = ::fork();
+  if (child == 0) {
+    int f = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // blocks until we release
+    ::_exit(f >= 0 ? 0 : 1);
+  }
+  // A pending break shows as the lease type it must be downgraded to (F_RDLCK for a reader).
+  std::string result = "lease break never became pending";
+  for (int i = 0; i < 10000; ++i) {
+    if (::fcntl(fd, F_GETLEASE) == F_RDLCK) {
+      result.clear();
+      break;
+    }
+    ::usleep(1000);  // polling an observable condition, with a 10 s deadline
+  }
+  ::fcntl(fd, F_SETLEASE, F_UNLCK);
+  ::close(fd);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  if (result.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) result = "child's open failed";
+  return result;
+}
+
+TEST_F(InUseTest, LeaseBreakSignalIsSentAndIgnored) {
+  // The kernel does signal a lease holder whose lease is broken...
+  struct sigaction counting {}, ignored {};
+  counting.sa_handler = [](int) { g_lease_breaks = g_lease_breaks + 1; };
+  sigemptyset(&counting.sa_mask);
+  counting.sa_flags = SA_RESTART;
+  ASSERT_EQ(::sigaction(SIGIO, &counting, &ignored), 0);
+  g_lease_breaks = 0;
+  std::string broke = BreakOurLease(Abs("a.txt"));
+  ASSERT_EQ(::sigaction(SIGIO, &ignored, nullptr), 0);
+  ASSERT_EQ(broke, "");
+  EXPECT_GE(g_lease_breaks, 1);
+  // ... and with IgnoreLeaseBreakSignal() in force (SetUpTestSuite) that signal is harmless.
+  ASSERT_EQ(ignored.sa_handler, SIG_IGN);
+  EXPECT_EQ(BreakOurLease(Abs("a.txt")), "");
+}
 
 TEST_F(InUseTest, LeaseProbeSplitsWorkOverThreads) {
   std::vector<std::string> paths;

@@ -49,7 +49,10 @@ struct Probed {
 Probed ProbeOne(int dirfd, const char* name, const std::string& rel) {
   // O_NONBLOCK: if someone else holds a lease on it (smbd with kernel oplocks), fail with
   // EWOULDBLOCK instead of waiting for their lease to break — they have it open: in use.
-  int fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  int fd;
+  do {
+    fd = ::openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  } while (fd < 0 && errno == EINTR);  // a SIGIO handler installed without SA_RESTART
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT || err == ENOTDIR) return {Verdict::kSkip, {}};  // gone: not in use
