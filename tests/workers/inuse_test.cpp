@@ -87,10 +87,11 @@ std::unique_ptr<InUseProbe> MakeProbe(const std::string& kind) {
 
 // Whether we (even as root) may not inspect this process: on some machines a supervisor holds
 // more capabilities than we do, so ptrace-mode access to its fd/maps is refused.
+// A process that has exited since the scan cannot be re-checked; it counts as hidden.
 bool ProcessHiddenFromUs(long pid) {
   std::string dir = "/proc/" + std::to_string(pid);
   int maps = ::open((dir + "/maps").c_str(), O_RDONLY | O_CLOEXEC);
-  if (maps < 0) return errno == EACCES || errno == EPERM;
+  if (maps < 0) return errno == EACCES || errno == EPERM || errno == ENOENT || errno == ESRCH;
   char c;
   bool maps_denied = ::read(maps, &c, 1) < 0 && (errno == EACCES || errno == EPERM);
   ::close(maps);
