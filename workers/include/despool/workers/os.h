@@ -90,6 +90,8 @@ struct OsCall {
 };
 
 // Wraps another Os; counts, records, and fails or crashes calls according to rules.
+// Close is passed through and is not a call point (it has no effect on disk and runs in
+// destructors).
 // Thread-safe (one mutex), deterministic for a single-threaded caller.
 class FaultInjectingOs : public Os {
  public:
@@ -98,6 +100,9 @@ class FaultInjectingOs : public Os {
   void AddRule(FaultRule rule);
   void ClearRules();
   void set_recording(bool on);
+  // Fsync/Syncfs still count as call points but do nothing (fast tests: a simulated crash
+  // is a kill -9, for which the page cache survives).
+  void set_sync_noop(bool on);
   std::vector<OsCall> calls() const;     // recorded calls (when recording)
   std::uint64_t call_count() const;      // all calls so far
   bool crashed() const;
@@ -146,6 +151,7 @@ class FaultInjectingOs : public Os {
   std::vector<OsCall> calls_;
   std::uint64_t count_ = 0;
   bool recording_ = false;
+  bool sync_noop_ = false;
   bool crashed_ = false;
 };
 
