@@ -1,7 +1,9 @@
 // Auto in-use probe: the lease probe decides what is in use (exact and fast); the /proc scan
 // stands in when leases are unavailable, and names the holders of what was found in use.
 #include <algorithm>
+#include <atomic>
 
+#include "despool/common/logging.h"
 #include "despool/workers/inuse.h"
 
 namespace despool::workers {
@@ -17,7 +19,11 @@ class AutoProbe final : public InUseProbe {
     auto leased = lease_->Check(package_dirfd, rel_paths);
     if (!leased.ok()) {
       if (leased.error().code == ErrorCode::kInvalidArgument) return leased;  // bad paths
-      // Leases unavailable (or failed): the /proc scan answers alone, completeness included.
+      // Once per probe at warn (a DP without leases would repeat it on every check).
+      auto log = GetLogger("engine");
+      const auto level = warned_.exchange(true) ? spdlog::level::debug : spdlog::level::warn;
+      log->log(level, "in-use check: lease probe unavailable, using the /proc scan reason={}",
+               LogQuote(leased.error().message));      // Leases unavailable (or failed): the /proc scan answers alone, completeness included.
       auto scanned = proc_->Check(package_dirfd, rel_paths);
       if (!scanned.ok()) {
         Error e = scanned.take_error();
@@ -54,6 +60,7 @@ class AutoProbe final : public InUseProbe {
  private:
   std::unique_ptr<InUseProbe> lease_;
   std::unique_ptr<InUseProbe> proc_;
+  std::atomic<bool> warned_{false};
 };
 
 }  // namespace
