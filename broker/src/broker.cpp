@@ -46,6 +46,10 @@ int SourceFd(zmq::message_t& frame) {
   return fd;
 }
 
+std::uint64_t Ns(std::chrono::steady_clock::duration d) {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
 std::string Printable(std::string_view id) {
   static const char* hex = "0123456789abcdef";
   std::string s;
@@ -127,6 +131,8 @@ class Broker::Impl {
     return Status::Ok();
   }
 
+  LoopMetrics metrics() const { return m_; }
+
   Status Run(int stop_fd) {
     bool stopping = false;
     std::vector<zmq_pollitem_t> items(3);
@@ -137,12 +143,15 @@ class Broker::Impl {
       items[0] = {frontend_.handle(), 0, ZMQ_POLLIN, 0};
       items[1] = {backend_.handle(), 0, ZMQ_POLLIN, 0};
       items[2] = {nullptr, stop_fd, ZMQ_POLLIN, 0};
+      auto t0 = std::chrono::steady_clock::now();
       try {
         zmq::poll(items, std::chrono::milliseconds(timeout));
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;
         return MakeError(ErrorCode::kInternal, std::string("poll: ") + e.what());
       }
+      auto t1 = std::chrono::steady_clock::now();
+      m_.poll_ns += Ns(t1 - t0);
       if (items[2].revents & ZMQ_POLLIN) {
         stopping = true;
         log_->info("stop requested: finishing the current round");
@@ -162,7 +171,13 @@ class Broker::Impl {
           ++handled;
         }
       }
+      auto t2 = std::chrono::steady_clock::now();
+      m_.read_ns += Ns(t2 - t1);
+      m_.messages += handled;
+      m_.max_round_messages = std::max<std::uint64_t>(m_.max_round_messages, handled);
+      ++m_.rounds;
       core_->Tick(now);
+      m_.tick_ns += Ns(std::chrono::steady_clock::now() - t2);
       DESPOOL_RETURN_IF_ERROR(Flush());
     }
     // Tell workers we are going; they reconnect and re-register with the next broker.
@@ -301,7 +316,10 @@ class Broker::Impl {
   // Commits the round, then sends everything that waited for it.
   Status Flush() {
     WriteBatch batch = core_->TakeBatch();
+    auto t0 = std::chrono::steady_clock::now();
     if (!batch.empty()) {
+      ++m_.commits;
+      m_.committed_jobs += batch.jobs.size();
       Status st = store_->Commit(batch);
       if (!st.ok()) {
         // Memory is ahead of the store now: refuse what waited and stop; a restart reloads the
@@ -315,6 +333,8 @@ class Broker::Impl {
         return st;
       }
     }
+    auto t1 = std::chrono::steady_clock::now();
+    m_.commit_ns += Ns(t1 - t0);
     for (auto& p : pending_) SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
     pending_.clear();
     for (auto& q : queries_) {
@@ -326,7 +346,9 @@ class Broker::Impl {
       if (std::holds_alternative<msg::Disconnect>(out.body)) worker_peers_.erase(out.peer);
       SendEnvelope(backend_, out.peer, Envelope{msg::kProtocolVersion, 0, std::move(out.body)});
     }
-    for (auto& e : core_->TakeEvents()) {
+    std::vector<msg::Event> events = std::move(batch.events);
+    for (auto& e : core_->TakeEvents()) events.push_back(std::move(e));
+    for (auto& e : events) {
       if (e.kind == msg::EventKind::kState && log_->should_log(spdlog::level::debug)) {
         log_->debug("job state seq={} job={} dp={} package={} version={} state={}", e.seq, e.job.id, e.job.dp,
                     LogQuote(e.job.package), e.job.version, msg::ToString(e.job.state));
@@ -340,6 +362,7 @@ class Broker::Impl {
         log_->warn("publish failed error={}", LogQuote(err.what()));
       }
     }
+    m_.send_ns += Ns(std::chrono::steady_clock::now() - t1);
     return Status::Ok();
   }
 
@@ -388,6 +411,7 @@ class Broker::Impl {
   std::vector<Pending> pending_;
   std::vector<Pending> queries_;
   std::set<std::string> worker_peers_;
+  LoopMetrics m_;
 };
 
 Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store)
@@ -398,5 +422,7 @@ Broker::~Broker() = default;
 Status Broker::Start() { return impl_->Start(endpoints_); }
 
 Status Broker::Run(int stop_fd) { return impl_->Run(stop_fd); }
+
+LoopMetrics Broker::metrics() const { return impl_->metrics(); }
 
 }  // namespace despool::broker

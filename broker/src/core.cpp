@@ -105,8 +105,7 @@ void Core::Emit(JobRecord& r, std::int64_t now_ms) {
   e.seq = ++last_event_seq_;
   e.at_ms = now_ms;
   e.job = r.info;
-  batch_.events.push_back(e);
-  events_.push_back(std::move(e));
+  batch_.events.push_back(std::move(e));  // published from the batch once committed
 }
 
 void Core::Unready(const std::string& id) {

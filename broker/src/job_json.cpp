@@ -50,49 +50,4 @@ msg::ApplyStats StatsFromJson(const json& j) {
   return s;
 }
 
-json JobInfoToJson(const msg::JobInfo& job) {
-  json j = {{"id", job.id},
-            {"kind", msg::ToString(job.kind)},
-            {"package", job.package},
-            {"version", job.version},
-            {"dp", job.dp},
-            {"source", job.source},
-            {"state", msg::ToString(job.state)},
-            {"attempts", job.attempts},
-            {"max_attempts", job.max_attempts},
-            {"in_use", job.in_use},
-            {"created_at_ms", job.created_at_ms},
-            {"updated_at_ms", job.updated_at_ms}};
-  if (job.next_attempt_at_ms) j["next_attempt_at_ms"] = *job.next_attempt_at_ms;
-  if (job.last_error) j["last_error"] = *job.last_error;
-  if (!job.holders.empty()) j["holders"] = HoldersToJson(job.holders);
-  if (job.worker) j["worker"] = *job.worker;
-  if (job.report) j["report"] = ReportToJson(*job.report);
-  if (job.stats) j["stats"] = StatsToJson(*job.stats);
-  return j;
-}
-
-msg::JobInfo JobInfoFromJson(const json& j) {
-  msg::JobInfo job;
-  job.id = j.at("id").get<std::string>();
-  msg::ParseJobKind(j.at("kind").get<std::string>(), &job.kind);
-  job.package = j.at("package").get<std::string>();
-  job.version = j.at("version").get<std::uint64_t>();
-  job.dp = j.at("dp").get<std::string>();
-  job.source = j.at("source").get<std::string>();
-  msg::ParseJobState(j.at("state").get<std::string>(), &job.state);
-  job.attempts = j.at("attempts").get<std::uint32_t>();
-  job.max_attempts = j.at("max_attempts").get<std::uint32_t>();
-  job.in_use = j.at("in_use").get<std::vector<std::string>>();
-  job.created_at_ms = j.at("created_at_ms").get<std::int64_t>();
-  job.updated_at_ms = j.at("updated_at_ms").get<std::int64_t>();
-  if (j.contains("next_attempt_at_ms")) job.next_attempt_at_ms = j["next_attempt_at_ms"].get<std::int64_t>();
-  if (j.contains("last_error")) job.last_error = j["last_error"].get<std::string>();
-  if (j.contains("holders")) job.holders = HoldersFromJson(j["holders"]);
-  if (j.contains("worker")) job.worker = j["worker"].get<std::string>();
-  if (j.contains("report")) job.report = ReportFromJson(j["report"]);
-  if (j.contains("stats")) job.stats = StatsFromJson(j["stats"]);
-  return job;
-}
-
 }  // namespace despool::broker

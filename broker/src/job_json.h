@@ -1,4 +1,6 @@
-// JSON forms of the job value types, for the store's blob columns and stored events.
+// JSON forms of the job value types, for the store's text columns (readable with sqlite3).
+// The *FromJson functions throw nlohmann::json::exception on malformed input (the store
+// catches it).
 // Internal to the broker library.
 #pragma once
 
@@ -16,8 +18,5 @@ nlohmann::json ReportToJson(const msg::VerifyReport& r);
 msg::VerifyReport ReportFromJson(const nlohmann::json& j);
 nlohmann::json StatsToJson(const msg::ApplyStats& s);
 msg::ApplyStats StatsFromJson(const nlohmann::json& j);
-nlohmann::json JobInfoToJson(const msg::JobInfo& job);
-// Throws nlohmann::json::exception on malformed input (the store catches it).
-msg::JobInfo JobInfoFromJson(const nlohmann::json& j);
 
 }  // namespace despool::broker

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "despool/broker/store.h"
+#include "despool/messages/codec.h"
 #include "job_json.h"
 
 namespace despool::broker {
@@ -75,7 +76,7 @@ CREATE TABLE events (
   at INTEGER NOT NULL,
   dp TEXT NOT NULL,
   package TEXT NOT NULL,
-  job TEXT NOT NULL
+  payload BLOB NOT NULL
 );
 )sql",
 };
@@ -381,7 +382,7 @@ class SqliteStore final : public Store {
     EventsPage page;
     page.oldest_seq = oldest_event_;
     page.last_seq = last_event_;
-    std::string sql = "SELECT seq, at, job FROM events WHERE seq > :since";
+    std::string sql = "SELECT seq, at, payload FROM events WHERE seq > :since";
     if (dp) sql += " AND dp=:dp";
     if (package) sql += " AND package=:package";
     sql += " ORDER BY seq";
@@ -394,12 +395,16 @@ class SqliteStore final : public Store {
     if (package) q.Bind(sqlite3_bind_parameter_index(q.get(), ":package"), *package);
     try {
       while (sqlite3_step(q.get()) == SQLITE_ROW) {
-        msg::Event e;
-        e.kind = msg::EventKind::kState;
-        e.seq = static_cast<std::uint64_t>(ColInt(q.get(), 0));
-        e.at_ms = ColInt(q.get(), 1);
-        e.job = JobInfoFromJson(json::parse(ColText(q.get(), 2)));
-        page.events.push_back(std::move(e));
+        const void* blob = sqlite3_column_blob(q.get(), 2);
+        const auto size = static_cast<std::size_t>(sqlite3_column_bytes(q.get(), 2));
+        msg::DecodeLimits limits;
+        limits.max_frame_bytes = 64u << 20;
+        auto decoded = msg::Decode(std::string_view(static_cast<const char*>(blob), size), limits);
+        if (!decoded.ok() || !std::holds_alternative<msg::Event>(decoded.value().body)) {
+          return MakeError(ErrorCode::kCorruption, "stored event " + std::to_string(ColInt(q.get(), 0)) +
+                                                       " cannot be decoded");
+        }
+        page.events.push_back(std::move(std::get<msg::Event>(decoded.value().body)));
       }
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
@@ -496,17 +501,22 @@ class SqliteStore final : public Store {
     begin_ = std::make_unique<Stmt>();
     commit_ = std::make_unique<Stmt>();
     rollback_ = std::make_unique<Stmt>();
+    // An upsert updates in place (REPLACE would delete and re-insert the row and every index
+    // entry); only the mutable columns change after creation.
     DESPOOL_RETURN_IF_ERROR(upsert_job_->Prepare(
-        db_, std::string("INSERT OR REPLACE INTO jobs(") + kJobColumns +
+        db_, std::string("INSERT INTO jobs(") + kJobColumns +
                  ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,"
-                 "?21,?22,?23,?24,?25,?26,?27,?28,?29,?30)"));
+                 "?21,?22,?23,?24,?25,?26,?27,?28,?29,?30) ON CONFLICT(id) DO UPDATE SET "
+                 "state=?8, attempts=?9, max_attempts=?10, next_attempt_at=?16, last_error=?17, in_use=?18, "
+                 "holders=?19, worker=?20, attempt_token=?21, force_next=?22, forced_running=?23, "
+                 "cancel_reason=?24, released_step=?25, started_at=?26, updated_at=?28, report=?29, stats=?30"));
     DESPOOL_RETURN_IF_ERROR(insert_attempt_->Prepare(
         db_, "INSERT INTO job_history(job_id, attempt, worker, started_at, ended_at, outcome, error, in_use) "
              "VALUES(?1,?2,?3,?4,?5,?6,?7,?8)"));
     DESPOOL_RETURN_IF_ERROR(
         insert_dp_->Prepare(db_, "INSERT OR IGNORE INTO dps(name, first_seen) VALUES(?1, ?2)"));
     DESPOOL_RETURN_IF_ERROR(insert_event_->Prepare(
-        db_, "INSERT INTO events(seq, at, dp, package, job) VALUES(?1,?2,?3,?4,?5)"));
+        db_, "INSERT INTO events(seq, at, dp, package, payload) VALUES(?1,?2,?3,?4,?5)"));
     DESPOOL_RETURN_IF_ERROR(
         set_meta_->Prepare(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)"));
     DESPOOL_RETURN_IF_ERROR(begin_->Prepare(db_, "BEGIN IMMEDIATE"));
@@ -602,7 +612,8 @@ class SqliteStore final : public Store {
       s.Bind(2, e.at_ms);
       s.Bind(3, e.job.dp);
       s.Bind(4, e.job.package);
-      s.Bind(5, JobInfoToJson(e.job).dump());
+      const std::string payload = msg::Encode(msg::Envelope{msg::kProtocolVersion, 0, e});
+      sqlite3_bind_blob(s.get(), 5, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
       DESPOOL_RETURN_IF_ERROR(Step(s, "insert event"));
     }
     if (!b.events.empty()) {

@@ -52,8 +52,10 @@ class CoreHarness {
   }
 
   void Commit() {
-    Status st = store_->Commit(core_->TakeBatch());
+    WriteBatch batch = core_->TakeBatch();
+    Status st = store_->Commit(batch);
     ASSERT_TRUE(st.ok()) << st.ToString();
+    for (auto& e : batch.events) events.push_back(std::move(e));
     for (auto& m : core_->TakeWorkerOutbox()) sent.push_back(std::move(m));
     for (auto& e : core_->TakeEvents()) events.push_back(std::move(e));
   }

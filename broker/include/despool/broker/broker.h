@@ -9,6 +9,7 @@
 
 #include <zmq.hpp>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,20 @@ struct BoundEndpoints {
   std::string events;
 };
 
+// Where the loop's time goes (for benchmarks and logs). Nanoseconds of steady clock.
+struct LoopMetrics {
+  std::uint64_t rounds = 0;          // poll rounds that handled at least one message or timer
+  std::uint64_t messages = 0;        // messages read from both ROUTERs
+  std::uint64_t commits = 0;         // non-empty transactions
+  std::uint64_t committed_jobs = 0;  // job rows written (after coalescing within a round)
+  std::uint64_t max_round_messages = 0;
+  std::uint64_t read_ns = 0;         // recv + decode + Core handling
+  std::uint64_t tick_ns = 0;         // timers + dispatch
+  std::uint64_t commit_ns = 0;       // store transaction incl. fsync
+  std::uint64_t send_ns = 0;         // encode + send replies, dispatches, events
+  std::uint64_t poll_ns = 0;         // waiting in zmq_poll
+};
+
 class Broker {
  public:
   Broker(BrokerSettings settings, std::unique_ptr<Store> store);
@@ -40,6 +55,9 @@ class Broker {
   // Runs until `stop_fd` (a signalfd, a pipe) becomes readable, or a fatal store error.
   // On stop: nothing new is dispatched, the current round is committed, sockets close.
   Status Run(int stop_fd);
+
+  // Safe to read only after Run returned (or from the loop's thread).
+  LoopMetrics metrics() const;
 
  private:
   class Impl;

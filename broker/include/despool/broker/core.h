@@ -79,7 +79,9 @@ class Core {
 
   WriteBatch TakeBatch();
   std::vector<ToWorker> TakeWorkerOutbox();
-  std::vector<msg::Event> TakeEvents();   // state (stored) and progress (not stored) events
+  // Progress events (never stored). State events travel in the WriteBatch: the loop publishes
+  // them once the batch is committed.
+  std::vector<msg::Event> TakeEvents();
   bool HasPendingOutput() const;
 
   // Read side, for the query handlers.

@@ -1,0 +1,326 @@
+// Broker throughput: P publishers with at most K submits in flight each, every instruction its
+// own submit and durable ack; 4 bench workers answer every dispatch "up-to-date" at once.
+// The clock runs from the first submit until the last job's terminal state is committed (seen
+// through stats after the last ack). Prints instructions/s, submit-to-ack p50/p99, the SQLite
+// PRAGMAs in force and where the broker loop spent its time.
+//
+//   broker_bench [--instructions N] [--publishers P] [--inflight K] [--workers W]
+//                [--sync full|normal] [--dir DIR] [--rate R]
+//
+// --rate R paces submits to R instructions/s in total (latency at a given load); 0 = flat out.
+// The broker runs in-process on its own thread with its own ZeroMQ context, on loopback TCP.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+#include <zmq.hpp>
+
+#include "despool/broker/broker.h"
+#include "despool/broker/store.h"
+#include "despool/common/logging.h"
+#include "despool/messages/codec.h"
+
+namespace {
+
+using namespace despool;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+struct Options {
+  std::uint64_t instructions = 100'000;
+  int publishers = 4;
+  int inflight = 64;
+  int workers = 4;
+  std::uint32_t worker_capacity = 64;
+  bool sync_full = true;
+  std::string dir;
+  double rate = 0;
+};
+
+std::string Frame(msg::Body body, std::uint64_t id = 0) {
+  return msg::Encode(msg::Envelope{msg::kProtocolVersion, id, std::move(body)});
+}
+
+std::optional<msg::Envelope> DecodeMsg(const zmq::message_t& m) {
+  msg::DecodeLimits l;
+  l.max_frame_bytes = 64u << 20;
+  auto d = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()), l);
+  if (!d.ok()) return std::nullopt;
+  return std::move(d.value());
+}
+
+// 4 workers on one thread: register, heartbeat, answer every dispatch up-to-date at once.
+void RunWorkers(const Options& o, const std::string& endpoint, std::atomic<bool>& stop,
+                std::atomic<std::uint64_t>& answered) {
+  zmq::context_t ctx(1);
+  std::vector<zmq::socket_t> socks;
+  for (int i = 0; i < o.workers; ++i) {
+    socks.emplace_back(ctx, zmq::socket_type::dealer);
+    socks.back().set(zmq::sockopt::linger, 0);
+    socks.back().connect(endpoint);
+    socks.back().send(zmq::buffer(Frame(msg::Register{std::string("bench-").append(std::to_string(i)), {"bench"}, o.worker_capacity})),
+                      zmq::send_flags::none);
+  }
+  auto last_hb = Clock::now();
+  std::vector<zmq_pollitem_t> items(socks.size());
+  while (!stop.load(std::memory_order_relaxed)) {
+    for (std::size_t i = 0; i < socks.size(); ++i) items[i] = {socks[i].handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(items, 50ms);
+    for (std::size_t i = 0; i < socks.size(); ++i) {
+      if (!(items[i].revents & ZMQ_POLLIN)) continue;
+      zmq::message_t m;
+      while (socks[i].recv(m, zmq::recv_flags::dontwait)) {
+        auto e = DecodeMsg(m);
+        if (!e) continue;
+        if (auto* d = std::get_if<msg::Dispatch>(&e->body)) {
+          msg::JobResult r;
+          r.job_id = d->job_id;
+          r.attempt = d->attempt;
+          r.outcome = msg::Outcome::kUpToDate;
+          r.installed_version = d->version;
+          socks[i].send(zmq::buffer(Frame(r)), zmq::send_flags::none);
+          answered.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    }
+    if (Clock::now() - last_hb > 250ms) {
+      for (auto& s : socks) s.send(zmq::buffer(Frame(msg::Heartbeat{})), zmq::send_flags::none);
+      last_hb = Clock::now();
+    }
+  }
+}
+
+struct PublisherResult {
+  std::vector<double> latencies_us;
+  Clock::time_point first_submit{};
+  Clock::time_point last_ack{};
+  std::uint64_t errors = 0;
+};
+
+// P publishers on one thread, each a DEALER with at most K submits outstanding.
+void RunPublishers(const Options& o, const std::string& endpoint, PublisherResult& out) {
+  zmq::context_t ctx(1);
+  struct Pub {
+    zmq::socket_t sock;
+    std::map<std::uint64_t, Clock::time_point> outstanding;
+    std::uint64_t next_id = 0;
+  };
+  std::vector<Pub> pubs;
+  for (int i = 0; i < o.publishers; ++i) {
+    pubs.push_back(Pub{zmq::socket_t(ctx, zmq::socket_type::dealer), {}, 0});
+    pubs.back().sock.set(zmq::sockopt::linger, 0);
+    pubs.back().sock.connect(endpoint);
+  }
+  std::uint64_t submitted = 0, acked = 0;
+  out.latencies_us.reserve(o.instructions);
+  out.first_submit = Clock::now();
+  std::vector<zmq_pollitem_t> items(pubs.size());
+  while (acked < o.instructions) {
+    // Top up every publisher to K in flight (paced by --rate when given).
+    for (std::size_t p = 0; p < pubs.size(); ++p) {
+      while (submitted < o.instructions && pubs[p].outstanding.size() < static_cast<std::size_t>(o.inflight)) {
+        if (o.rate > 0) {
+          const auto due = out.first_submit + std::chrono::microseconds(
+                                                  static_cast<std::int64_t>(1e6 * static_cast<double>(submitted) / o.rate));
+          if (Clock::now() < due) break;
+        }
+        msg::SubmitRequest r;
+        msg::Instruction in;
+        in.package = std::string("p").append(std::to_string(submitted));
+        in.version = 1;
+        in.source = "/srv/src/p/1";
+        in.dps = {"bench"};
+        r.instructions.push_back(std::move(in));
+        const std::uint64_t id = ++pubs[p].next_id;
+        pubs[p].outstanding[id] = Clock::now();
+        pubs[p].sock.send(zmq::buffer(Frame(r, id)), zmq::send_flags::none);
+        ++submitted;
+      }
+    }
+    for (std::size_t p = 0; p < pubs.size(); ++p) items[p] = {pubs[p].sock.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(items, o.rate > 0 ? 1ms : 100ms);
+    for (std::size_t p = 0; p < pubs.size(); ++p) {
+      zmq::message_t m;
+      while (pubs[p].sock.recv(m, zmq::recv_flags::dontwait)) {
+        const auto now = Clock::now();
+        auto e = DecodeMsg(m);
+        if (!e) continue;
+        auto it = pubs[p].outstanding.find(e->request_id);
+        if (it == pubs[p].outstanding.end()) continue;
+        if (!std::holds_alternative<msg::SubmitReply>(e->body)) ++out.errors;
+        out.latencies_us.push_back(std::chrono::duration<double, std::micro>(now - it->second).count());
+        pubs[p].outstanding.erase(it);
+        ++acked;
+        out.last_ack = now;
+      }
+    }
+  }
+}
+
+// Waits until `n` jobs ended up-to-date, asking the broker's stats.
+Clock::time_point WaitAllTerminal(const std::string& endpoint, std::uint64_t n) {
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.connect(endpoint);
+  std::uint64_t id = 0;
+  while (true) {
+    s.send(zmq::buffer(Frame(msg::StatsRequest{}, ++id)), zmq::send_flags::none);
+    zmq::message_t m;
+    while (true) {
+      if (!s.recv(m)) continue;
+      auto e = DecodeMsg(m);
+      if (e && e->request_id == id) {
+        const auto now = Clock::now();
+        if (auto* st = std::get_if<msg::StatsReply>(&e->body)) {
+          std::uint64_t done = 0;
+          for (const auto& c : st->jobs_by_state) {
+            if (msg::IsTerminal(c.state)) done += c.count;
+          }
+          if (done >= n) return now;
+        }
+        break;
+      }
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+double Percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t i = std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
+  return v[i];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--instructions") o.instructions = std::stoull(next());
+    else if (a == "--publishers") o.publishers = std::stoi(next());
+    else if (a == "--inflight") o.inflight = std::stoi(next());
+    else if (a == "--workers") o.workers = std::stoi(next());
+    else if (a == "--capacity") o.worker_capacity = static_cast<std::uint32_t>(std::stoul(next()));
+    else if (a == "--sync") o.sync_full = next() != "normal";
+    else if (a == "--dir") o.dir = next();
+    else if (a == "--rate") o.rate = std::stod(next());
+    else {
+      std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
+                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R]\n", argv[0]);
+      return 2;
+    }
+  }
+  const bool own_dir = o.dir.empty();
+  if (own_dir) {
+    char tmpl[] = "/tmp/despool-broker-bench-XXXXXX";
+    if (!::mkdtemp(tmpl)) return 1;
+    o.dir = tmpl;
+  }
+  LogOptions lo;
+  lo.level = spdlog::level::warn;
+  (void)SetupLogging(lo);
+
+  broker::BrokerSettings s;
+  s.frontend = "tcp://127.0.0.1:*";
+  s.backend = "tcp://127.0.0.1:*";
+  s.events = "tcp://127.0.0.1:*";
+  s.store_path = o.dir + "/broker.db";
+  s.store.sync = o.sync_full ? broker::SyncMode::kFull : broker::SyncMode::kNormal;
+  s.core.dps = {"bench"};
+  auto store = broker::OpenSqliteStore(s.store_path, s.store);
+  if (!store.ok()) {
+    std::fprintf(stderr, "store: %s\n", store.error().message.c_str());
+    return 1;
+  }
+  const auto pragmas = (*store)->Describe();
+  broker::Broker b(s, std::move(store).value());
+  if (Status st = b.Start(); !st.ok()) {
+    std::fprintf(stderr, "start: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  int stop_pipe[2];
+  if (::pipe(stop_pipe) != 0) return 1;
+  Status run_status;
+  std::thread broker_thread([&] { run_status = b.Run(stop_pipe[0]); });
+
+  std::atomic<bool> stop_workers{false};
+  std::atomic<std::uint64_t> answered{0};
+  std::thread workers([&] { RunWorkers(o, b.endpoints().backend, stop_workers, answered); });
+  // Let the workers register before the clock starts (their registration is not measured).
+  {
+    zmq::context_t ctx(1);
+    zmq::socket_t c(ctx, zmq::socket_type::dealer);
+    c.set(zmq::sockopt::linger, 0);
+    c.connect(b.endpoints().frontend);
+    for (std::uint64_t id = 1;; ++id) {
+      c.send(zmq::buffer(Frame(msg::WorkersRequest{}, id)), zmq::send_flags::none);
+      zmq::message_t m;
+      if (!c.recv(m)) continue;
+      auto e = DecodeMsg(m);
+      if (e && std::holds_alternative<msg::WorkersReply>(e->body) &&
+          std::get<msg::WorkersReply>(e->body).workers.size() == static_cast<std::size_t>(o.workers)) {
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+
+  PublisherResult pr;
+  RunPublishers(o, b.endpoints().frontend, pr);
+  const auto all_done = WaitAllTerminal(b.endpoints().frontend, o.instructions);
+  stop_workers = true;
+  workers.join();
+  if (::write(stop_pipe[1], "x", 1) != 1) return 1;
+  broker_thread.join();
+  ::close(stop_pipe[0]);
+  ::close(stop_pipe[1]);
+
+  const double secs = std::chrono::duration<double>(all_done - pr.first_submit).count();
+  const double ack_secs = std::chrono::duration<double>(pr.last_ack - pr.first_submit).count();
+  const auto m = b.metrics();
+  std::printf("broker_bench: %llu instructions, %d publishers x %d in flight, %d workers (capacity %u), "
+              "synchronous=%s%s\n",
+              static_cast<unsigned long long>(o.instructions), o.publishers, o.inflight, o.workers,
+              o.worker_capacity, o.sync_full ? "FULL" : "NORMAL",
+              o.rate > 0 ? (", paced at " + std::to_string(static_cast<long>(o.rate)) + "/s").c_str() : "");
+  std::printf("  SQLite:");
+  for (const auto& p : pragmas) std::printf(" %s;", p.c_str());
+  std::printf("\n");
+  std::printf("  end to end (first submit -> last job terminal & committed): %.3f s = %.0f instructions/s\n", secs,
+              static_cast<double>(o.instructions) / secs);
+  std::printf("  submits acknowledged (durable): %.3f s = %.0f acks/s, errors %llu\n", ack_secs,
+              static_cast<double>(o.instructions) / ack_secs, static_cast<unsigned long long>(pr.errors));
+  auto lat = pr.latencies_us;
+  std::printf("  submit->ack latency: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us\n", Percentile(lat, 0.50),
+              Percentile(lat, 0.90), Percentile(lat, 0.99), Percentile(lat, 1.0));
+  const double total_ns = static_cast<double>(m.read_ns + m.tick_ns + m.commit_ns + m.send_ns + m.poll_ns);
+  auto pct = [&](std::uint64_t v) { return total_ns > 0 ? 100.0 * static_cast<double>(v) / total_ns : 0.0; };
+  std::printf("  broker loop: %llu rounds, %llu messages (max %llu per round), %llu commits (%.1f messages, "
+              "%.1f job rows per commit)\n",
+              static_cast<unsigned long long>(m.rounds), static_cast<unsigned long long>(m.messages),
+              static_cast<unsigned long long>(m.max_round_messages), static_cast<unsigned long long>(m.commits),
+              m.commits ? static_cast<double>(m.messages) / static_cast<double>(m.commits) : 0.0,
+              m.commits ? static_cast<double>(m.committed_jobs) / static_cast<double>(m.commits) : 0.0);
+  std::printf("  loop time: read+decode+core %.1f%%, timers+dispatch %.1f%%, commit(+fsync) %.1f%%, "
+              "encode+send %.1f%%, idle in poll %.1f%%; mean commit %.0f us\n",
+              pct(m.read_ns), pct(m.tick_ns), pct(m.commit_ns), pct(m.send_ns), pct(m.poll_ns),
+              m.commits ? static_cast<double>(m.commit_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0);
+  if (!run_status.ok()) std::printf("  broker stopped with error: %s\n", run_status.error().message.c_str());
+  if (own_dir) {
+    std::error_code ec;
+    std::filesystem::remove_all(o.dir, ec);
+  }
+  return run_status.ok() && pr.errors == 0 ? 0 : 1;
+}
