@@ -642,16 +642,23 @@ TEST_F(FakeProcTest, FindsFdAndMapsHoldersAndSkipsVanishedAndKernelThreads) {
 TEST_F(FakeProcTest, UnreadableProcessMakesReportIncompleteNamingThePid) {
   AddProcess(10, "opener", 0);
   fs::create_symlink(Abs("a.txt"), proc_ / "10/fd/3");
-  AddProcess(4242, "secretive", 0, fs::perms::none);  // a user process we may not inspect
+  // A user process whose descriptors we may not inspect, though its maps are readable: it
+  // makes the report incomplete and is still named as a holder of what it maps.
+  AddProcess(4242, "secretive", 0, fs::perms::none, MapsLine("sub/deep/c.bin"));
   int dirfd = dirfd_;
   std::string proc = proc_.string();
   std::string out = RunAsNobody([dirfd, proc] {
-    std::string s = "proc: " + Describe(MakeProcProbe(proc)->Check(dirfd, {"a.txt", "sub/b.txt"}));
+    auto r = MakeProcProbe(proc)->Check(dirfd, {"a.txt", "sub/b.txt", "sub/deep/c.bin"});
+    std::string s = "proc: " + Describe(r);
+    if (r.ok()) {
+      for (auto& h : r->holders) s += " holder=" + std::to_string(h.pid) + ":" + h.path;
+    }
     s += "\nauto: " + Describe(MakeAutoProbe(LeasesUnavailable(), MakeProcProbe(proc))->Check(dirfd, {"sub/b.txt"}));
     return s;
   });
-  EXPECT_THAT(out, HasSubstr("proc: complete=0 in_use=a.txt, reason="));
+  EXPECT_THAT(out, HasSubstr("proc: complete=0 in_use=a.txt,sub/deep/c.bin, reason="));
   EXPECT_THAT(out, HasSubstr("pid 4242: cannot read fd"));
+  EXPECT_THAT(out, HasSubstr("holder=10:a.txt holder=4242:sub/deep/c.bin"));
   // Nothing found in use, but one process unseen: not "free".
   EXPECT_THAT(out, HasSubstr("auto: complete=0 in_use= reason="));
 }

@@ -198,14 +198,15 @@ class Scanner {
       return;
     }
     matched_.clear();
-    bool fds_ok = ScanFds(pid_dir.get(), pid);
-    bool maps_ok = fds_ok && ScanMaps(pid_dir.get(), pid);
-    if (maps_ok) {
-      struct statx stx {};
-      // Also in maps; checked for processes that unmapped their executable.
-      if (::statx(pid_dir.get(), "exe", AT_STATX_DONT_SYNC, STATX_INO, &stx) == 0) {
-        Match(FileKey{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino});
-      }
+    // An unreadable part makes the report incomplete (recorded) but the rest is still read, so
+    // that holders are named wherever we can see them. A vanished process held nothing.
+    if (ScanFds(pid_dir.get(), pid) == Scan::kVanished) return;
+    if (ScanMaps(pid_dir.get(), pid) == Scan::kVanished) return;
+    struct statx stx {};
+    // Also in maps; checked for processes that unmapped their executable. Errors: kernel threads
+    // have none; an unreadable one was recorded through fd/maps.
+    if (::statx(pid_dir.get(), "exe", AT_STATX_DONT_SYNC, STATX_INO, &stx) == 0) {
+      Match(FileKey{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino});
     }
     if (!matched_.empty()) {
       auto& entry = hits[pid];
@@ -222,14 +223,15 @@ class Scanner {
   }
 
  private:
-  // False when the process vanished or could not be read (already recorded).
-  bool ScanFds(int pid_dirfd, std::int64_t pid) {
+  enum class Scan { kOk, kVanished, kUnreadable };  // kUnreadable: already recorded
+
+  Scan ScanFds(int pid_dirfd, std::int64_t pid) {
     Fd fd_dir(::openat(pid_dirfd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd_dir.ok()) {
       int err = errno;
-      if (Vanished(err)) return false;
+      if (Vanished(err)) return Scan::kVanished;
       if (!HoldsNoFiles(pid_dirfd)) Unreadable(pid, "fd", err);
-      return false;
+      return Scan::kUnreadable;
     }
     int failed = 0;
     int rc = ForEachEntry(fd_dir.get(), [&](const char* fd_name) {
@@ -241,20 +243,21 @@ class Scanner {
       }
       Match(FileKey{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino});
     });
-    if (rc != 0 && !Vanished(rc)) failed = rc;
+    if (rc != 0 && Vanished(rc)) return Scan::kVanished;
+    if (rc != 0) failed = rc;
     if (failed != 0) {
       Unreadable(pid, "fd entries", failed);
-      return false;
+      return Scan::kUnreadable;
     }
-    return rc == 0;
+    return Scan::kOk;
   }
 
-  bool ScanMaps(int pid_dirfd, std::int64_t pid) {
+  Scan ScanMaps(int pid_dirfd, std::int64_t pid) {
     int err = ReadAll(pid_dirfd, "maps", maps_);
     if (err != 0) {
-      if (Vanished(err)) return false;
+      if (Vanished(err)) return Scan::kVanished;
       if (!HoldsNoFiles(pid_dirfd)) Unreadable(pid, "maps", err);
-      return false;
+      return Scan::kUnreadable;
     }
     // Each line: "start-end perms offset MAJ:MIN inode   path". Hex device numbers.
     const char* p = maps_.data();
@@ -298,7 +301,7 @@ class Scanner {
       }
       p = eol + 1;
     }
-    return true;
+    return Scan::kOk;
   }
 
   bool Match(const FileKey& key) {
