@@ -332,6 +332,14 @@ despool::Status EventFollower::FetchStored() {
 
 Result<std::optional<msg::Event>> EventFollower::Next(Millis timeout) {
   if (!sub_) return MakeError(ErrorCode::kFailedPrecondition, "event follower not started");
+  try {
+    return NextImpl(timeout);
+  } catch (const zmq::error_t& e) {
+    return MakeError(ErrorCode::kUnavailable, "events " + options_.events_endpoint + ": " + e.what());
+  }
+}
+
+Result<std::optional<msg::Event>> EventFollower::NextImpl(Millis timeout) {
   const auto deadline = Clock::now() + timeout;
   for (;;) {
     if (!ready_.empty()) {
@@ -348,13 +356,7 @@ Result<std::optional<msg::Event>> EventFollower::Next(Millis timeout) {
     }
     if (now >= deadline) return std::optional<msg::Event>();
     const auto wake = std::min(deadline, last_activity_ + resync);
-    bool readable = false;
-    try {
-      readable = PollIn(*sub_, wake);
-    } catch (const zmq::error_t& e) {
-      return MakeError(ErrorCode::kUnavailable, "events " + options_.events_endpoint + ": " + e.what());
-    }
-    if (!readable) continue;
+    if (!PollIn(*sub_, wake)) continue;
     zmq::message_t topic;
     if (!sub_->recv(topic, zmq::recv_flags::dontwait)) continue;
     std::string envelope_frame;

@@ -133,6 +133,7 @@ class EventFollower {
   std::uint64_t last_seq() const { return last_seq_; }
 
  private:
+  Result<std::optional<msg::Event>> NextImpl(Millis timeout);
   despool::Status FetchStored();
   bool Matches(const msg::Event& e) const;
   void Enqueue(msg::Event e);
