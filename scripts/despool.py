@@ -65,7 +65,7 @@ def encode(msg_type, body, request_id=0):
 def decode(frame):
     """Returns (type, request_id, body); raises DespoolError on a malformed envelope."""
     try:
-        env = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        env = msgpack.unpackb(frame, raw=False, strict_map_key=True, unicode_errors="surrogateescape")
     except Exception as e:  # msgpack raises several unrelated exception types
         raise DespoolError("bad-request", "undecodable frame: %s" % e)
     if not isinstance(env, dict) or not isinstance(env.get("t"), str):

@@ -126,7 +126,7 @@ struct Ctx {
     return kExitError;
   }
   int Fail(const Error& e) { return Fail(e.message); }
-  void PrintJson(const json& j) { io.out << j.dump(2) << '\n'; }
+  void PrintJson(const json& j) { io.out << DumpJson(j, 2) << '\n'; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ int RunWatch(Ctx& ctx, const WatchOptions& o) {
     if (!ev->has_value()) continue;
     const auto& e = **ev;
     if (ctx.g.json) {
-      ctx.io.out << EventJson(e).dump() << '\n';
+      ctx.io.out << DumpJson(EventJson(e), -1) << '\n';
     } else if (view) {
       view->OnEvent(e, NowMs());
     } else {

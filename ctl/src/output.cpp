@@ -53,6 +53,10 @@ std::string OneLine(std::string s) {
 
 }  // namespace
 
+std::string DumpJson(const json& j, int indent) {
+  return j.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
 json JobJson(const msg::JobInfo& job) {
   json holders = json::array();
   for (const auto& h : job.holders) {

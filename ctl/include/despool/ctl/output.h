@@ -25,6 +25,10 @@ nlohmann::json StatsJson(const msg::StatsReply& stats);
 // One `watch --json` line: {"seq", "kind", "at", "job": JobJson, "progress": {...} | null}.
 nlohmann::json EventJson(const msg::Event& event);
 
+// Serialises without ever throwing: invalid UTF-8 (file names are bytes) becomes U+FFFD.
+// indent -1 = one line.
+std::string DumpJson(const nlohmann::json& j, int indent);
+
 // An aligned text table: columns padded to their widest cell, two spaces apart, the last
 // column unpadded.
 class Table {
