@@ -17,6 +17,8 @@ namespace {
 constexpr std::uint32_t kWatchMask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW;
 
+constexpr int kMaxQuickReprobes = 5;
+
 int PidfdOpen(std::int64_t pid) {
   // glibc 2.36's <sys/pidfd.h> lacks extern "C" (FIELD-NOTES): use the raw syscall.
   return static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
@@ -68,7 +70,8 @@ void ReleaseWatcher::AddWatches(const std::string& id, Job& job) {
   }
 }
 
-void ReleaseWatcher::SetHolders(Job& job, const std::vector<InUseHolder>& holders) {
+bool ReleaseWatcher::SetHolders(Job& job, const std::vector<InUseHolder>& holders) {
+  bool lost_holder = false;
   std::set<std::int64_t> wanted;
   std::set<std::string> covered;
   for (const auto& h : holders) {
@@ -78,6 +81,7 @@ void ReleaseWatcher::SetHolders(Job& job, const std::vector<InUseHolder>& holder
   }
   for (auto it = job.pidfds.begin(); it != job.pidfds.end();) {
     if (wanted.count(it->first) == 0) {
+      lost_holder = true;
       ::close(it->second);
       --pidfd_count_;
       it = job.pidfds.erase(it);
@@ -108,6 +112,7 @@ void ReleaseWatcher::SetHolders(Job& job, const std::vector<InUseHolder>& holder
     if (covered.count(p) == 0) uncovered = true;
   }
   job.uncovered = uncovered;
+  return lost_holder;
 }
 
 void ReleaseWatcher::ClosePidfds(Job& job) {
@@ -259,6 +264,8 @@ bool ReleaseWatcher::Probe(const std::string& id, Job& job, Clock::time_point no
     job.next_probe = now + options_.reprobe_interval;
     return false;
   }
+  GetLogger("worker")->debug("release re-probe job={} complete={} in_use={} holders={} pidfds={}", id,
+                             report->complete, report->in_use.size(), report->holders.size(), job.pidfds.size());
   if (report->complete && report->in_use.empty()) return true;
   if (report->complete) {
     // Watch only what is still held (fewer watches; released files need no more attention).
@@ -266,9 +273,17 @@ bool ReleaseWatcher::Probe(const std::string& id, Job& job, Clock::time_point no
     RemoveWatches(id, job);
     AddWatches(id, job);
   }
-  SetHolders(job, report->holders);
+  const bool changed = SetHolders(job, report->holders);
   if (!report->complete) job.uncovered = true;
   job.next_probe = now + (job.uncovered ? options_.reprobe_interval : options_.safety_interval);
+  if (changed && job.quick_reprobes < kMaxQuickReprobes) {
+    // A holder went away while the file still looked in use (it may have exited during the
+    // probe, taking its pidfd event with it): look again shortly rather than at the interval.
+    ++job.quick_reprobes;
+    job.next_probe = now + options_.debounce;
+  } else if (!changed) {
+    job.quick_reprobes = 0;
+  }
   return false;
 }
 

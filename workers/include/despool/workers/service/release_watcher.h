@@ -100,10 +100,12 @@ class ReleaseWatcher {
     Clock::time_point started;
     Clock::time_point next_probe;
     Clock::time_point last_probe;
+    int quick_reprobes = 0;               // consecutive re-probes after a change, bounded
   };
 
   void AddWatches(const std::string& id, Job& job);
-  void SetHolders(Job& job, const std::vector<InUseHolder>& holders);
+  // True when a holder watched so far is no longer among `holders` (it let go or exited).
+  bool SetHolders(Job& job, const std::vector<InUseHolder>& holders);
   void ClosePidfds(Job& job);
   void RemoveWatches(const std::string& id, Job& job);
   void Trigger(const std::string& id, Clock::time_point now);
