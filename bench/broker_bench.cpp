@@ -314,9 +314,10 @@ int main(int argc, char** argv) {
               m.commits ? static_cast<double>(m.messages) / static_cast<double>(m.commits) : 0.0,
               m.commits ? static_cast<double>(m.committed_jobs) / static_cast<double>(m.commits) : 0.0);
   std::printf("  loop time: read+decode+core %.1f%%, timers+dispatch %.1f%%, commit(+fsync) %.1f%%, "
-              "encode+send %.1f%%, idle in poll %.1f%%; mean commit %.0f us\n",
+              "encode+send %.1f%%, idle in poll %.1f%%; mean commit %.0f us (%.0f us of it on CPU)\n",
               pct(m.read_ns), pct(m.tick_ns), pct(m.commit_ns), pct(m.send_ns), pct(m.poll_ns),
-              m.commits ? static_cast<double>(m.commit_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0);
+              m.commits ? static_cast<double>(m.commit_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0,
+              m.commits ? static_cast<double>(m.commit_cpu_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0);
   if (!run_status.ok()) std::printf("  broker stopped with error: %s\n", run_status.error().message.c_str());
   if (own_dir) {
     std::error_code ec;

@@ -1,6 +1,7 @@
 #include "despool/broker/broker.h"
 
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,6 +45,12 @@ bool IsWorkerMessage(const Body& b) {
 int SourceFd(zmq::message_t& frame) {
   const int fd = zmq_msg_get(frame.handle(), ZMQ_SRCFD);
   return fd;
+}
+
+std::int64_t ThreadCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
 std::uint64_t Ns(std::chrono::steady_clock::duration d) {
@@ -317,6 +324,11 @@ class Broker::Impl {
   Status Flush() {
     WriteBatch batch = core_->TakeBatch();
     auto t0 = std::chrono::steady_clock::now();
+    batch.encoded_events.reserve(batch.events.size());
+    for (const auto& e : batch.events) {
+      batch.encoded_events.push_back(msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
+    }
+    const std::int64_t cpu0 = ThreadCpuNs();
     if (!batch.empty()) {
       ++m_.commits;
       m_.committed_jobs += batch.jobs.size();
@@ -335,6 +347,7 @@ class Broker::Impl {
     }
     auto t1 = std::chrono::steady_clock::now();
     m_.commit_ns += Ns(t1 - t0);
+    m_.commit_cpu_ns += static_cast<std::uint64_t>(ThreadCpuNs() - cpu0);
     for (auto& p : pending_) SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
     pending_.clear();
     for (auto& q : queries_) {
@@ -346,24 +359,29 @@ class Broker::Impl {
       if (std::holds_alternative<msg::Disconnect>(out.body)) worker_peers_.erase(out.peer);
       SendEnvelope(backend_, out.peer, Envelope{msg::kProtocolVersion, 0, std::move(out.body)});
     }
-    std::vector<msg::Event> events = std::move(batch.events);
-    for (auto& e : core_->TakeEvents()) events.push_back(std::move(e));
-    for (auto& e : events) {
-      if (e.kind == msg::EventKind::kState && log_->should_log(spdlog::level::debug)) {
+    for (std::size_t i = 0; i < batch.events.size(); ++i) {
+      const msg::Event& e = batch.events[i];
+      if (log_->should_log(spdlog::level::debug)) {
         log_->debug("job state seq={} job={} dp={} package={} version={} state={}", e.seq, e.job.id, e.job.dp,
                     LogQuote(e.job.package), e.job.version, msg::ToString(e.job.state));
       }
-      const std::string topic = msg::TopicFor(e.job.dp, e.job.package);
-      const std::string payload = msg::Encode(Envelope{msg::kProtocolVersion, 0, std::move(e)});
-      try {
-        pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-        pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
-      } catch (const zmq::error_t& err) {
-        log_->warn("publish failed error={}", LogQuote(err.what()));
-      }
+      Publish(e, batch.encoded_events[i]);
     }
+    for (auto& e : core_->TakeEvents()) Publish(e, msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
     m_.send_ns += Ns(std::chrono::steady_clock::now() - t1);
     return Status::Ok();
+  }
+
+  void Publish(const msg::Event& e, const std::string& payload) {
+    const std::string topic = msg::TopicFor(e.job.dp, e.job.package);
+    try {
+      // PUB never blocks: a subscriber over its high-water mark misses events and catches up
+      // with events-since (PROTOCOL.md 9).
+      pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& err) {
+      log_->warn("publish failed error={}", LogQuote(err.what()));
+    }
   }
 
   void SendError(zmq::socket_t& sock, const std::string& peer, std::uint64_t request_id, ErrorKind kind,

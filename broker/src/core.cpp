@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "despool/broker/backoff.h"
+#include "despool/common/logging.h"
 #include "despool/common/names.h"
 
 namespace despool::broker {
@@ -180,6 +181,8 @@ void Core::Finish(const std::string& id, JobState state, std::int64_t now_ms) {
 }
 
 void Core::SendToWorker(const std::string& peer, msg::Body body) {
+  // Anything sent counts as the interval's heartbeat (PROTOCOL.md 8.2).
+  if (auto w = workers_.find(peer); w != workers_.end()) w->second.last_sent_ms = last_now_ms_;
   outbox_.push_back(ToWorker{peer, std::move(body)});
 }
 
@@ -408,6 +411,7 @@ msg::Body Core::Cancel(const msg::CancelRequest& req, std::int64_t now_ms) {
 // Workers
 
 void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t now_ms) {
+  last_now_ms_ = now_ms;
   auto w = workers_.find(peer);
   if (w != workers_.end()) w->second.last_seen_ms = now_ms;
 
@@ -434,6 +438,11 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
     dispatch_dirty_ = true;
     return;
   }
+  if (w == workers_.end() && !std::holds_alternative<msg::Disconnect>(body)) {
+    // PROTOCOL.md 8.1: anything but register from an unknown routing id (after a broker restart
+    // or a missed liveness) is answered "register again". Results and hints are still used.
+    SendToWorker(peer, msg::Disconnect{"unknown worker: register again"});
+  }
   if (auto* res = std::get_if<msg::JobResult>(&body)) {
     // Results are accepted from any peer: a worker resends unacknowledged results after a
     // broker restart, possibly before it registered again.
@@ -452,12 +461,7 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
     }
     return;
   }
-  if (w == workers_.end()) {
-    if (std::holds_alternative<msg::Heartbeat>(body) || std::holds_alternative<msg::ProgressReport>(body)) {
-      SendToWorker(peer, msg::Disconnect{"unknown worker: register again"});
-    }
-    return;
-  }
+  if (w == workers_.end()) return;
   if (std::holds_alternative<msg::Heartbeat>(body)) return;
   if (auto* pr = std::get_if<msg::ProgressReport>(&body)) {
     auto it = active_.find(pr->job_id);
@@ -624,6 +628,8 @@ void Core::RequeueLost(const std::string& id, const std::string& why, std::int64
 void Core::LoseWorker(const std::string& peer, const std::string& why, std::int64_t now_ms) {
   auto w = workers_.find(peer);
   if (w == workers_.end()) return;
+  GetLogger("broker")->warn("worker lost worker={} reason={} running={}", LogQuote(w->second.name), LogQuote(why),
+                            w->second.running.size());
   const std::vector<std::string> running(w->second.running.begin(), w->second.running.end());
   const std::string name = w->second.name;
   workers_.erase(w);
@@ -635,6 +641,7 @@ void Core::LoseWorker(const std::string& peer, const std::string& why, std::int6
 // Timers and dispatch
 
 void Core::Tick(std::int64_t now_ms) {
+  last_now_ms_ = now_ms;
   // Due retries.
   while (!due_.empty() && due_.top().first <= now_ms) {
     auto [due, id] = due_.top();

@@ -438,7 +438,15 @@ class SqliteStore final : public Store {
                           "cache_size", "busy_timeout", "temp_store", "user_version"}) {
       Stmt q;
       if (!q.Prepare(db_, std::string("PRAGMA ") + p).ok()) continue;
-      if (sqlite3_step(q.get()) == SQLITE_ROW) out.push_back(std::string(p) + " = " + ColText(q.get(), 0));
+      if (sqlite3_step(q.get()) != SQLITE_ROW) continue;
+      std::string value = ColText(q.get(), 0);
+      if (std::string_view(p) == "synchronous") {
+        static const char* kNames[] = {"OFF", "NORMAL", "FULL", "EXTRA"};
+        const auto v = ColInt(q.get(), 0);
+        if (v >= 0 && v <= 3) value = kNames[v];
+      }
+      if (std::string_view(p) == "temp_store") value = ColInt(q.get(), 0) == 2 ? "MEMORY" : value;
+      out.push_back(std::string(p) + " = " + value);
     }
     out.push_back("events_retention = " + std::to_string(opts_.events_retention));
     out.push_back(std::string("sqlite_version = ") + sqlite3_libversion());
@@ -606,14 +614,17 @@ class SqliteStore final : public Store {
       insert_dp_->Bind(2, now);
       DESPOOL_RETURN_IF_ERROR(Step(*insert_dp_, "insert dp"));
     }
-    for (const auto& e : b.events) {
+    for (std::size_t i = 0; i < b.events.size(); ++i) {
+      const msg::Event& e = b.events[i];
       Stmt& s = *insert_event_;
       s.Bind(1, static_cast<std::int64_t>(e.seq));
       s.Bind(2, e.at_ms);
       s.Bind(3, e.job.dp);
       s.Bind(4, e.job.package);
-      const std::string payload = msg::Encode(msg::Envelope{msg::kProtocolVersion, 0, e});
-      sqlite3_bind_blob(s.get(), 5, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
+      const std::string payload = i < b.encoded_events.size()
+                                      ? b.encoded_events[i]
+                                      : msg::Encode(msg::Envelope{msg::kProtocolVersion, 0, e});
+      sqlite3_bind_blob(s.get(), 5, payload.data(), static_cast<int>(payload.size()), SQLITE_STATIC);
       DESPOOL_RETURN_IF_ERROR(Step(s, "insert event"));
     }
     if (!b.events.empty()) {

@@ -36,7 +36,8 @@ struct LoopMetrics {
   std::uint64_t max_round_messages = 0;
   std::uint64_t read_ns = 0;         // recv + decode + Core handling
   std::uint64_t tick_ns = 0;         // timers + dispatch
-  std::uint64_t commit_ns = 0;       // store transaction incl. fsync
+  std::uint64_t commit_ns = 0;       // store transaction incl. fsync (wall clock)
+  std::uint64_t commit_cpu_ns = 0;   // the loop thread's CPU time inside those transactions
   std::uint64_t send_ns = 0;         // encode + send replies, dispatches, events
   std::uint64_t poll_ns = 0;         // waiting in zmq_poll
 };

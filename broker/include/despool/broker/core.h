@@ -138,6 +138,7 @@ class Core {
   Store* store_;
   std::mt19937_64 rng_;
   bool draining_ = false;
+  std::int64_t last_now_ms_ = 0;                       // the latest time given to the Core
 
   std::string store_id_ = "j";
   std::uint64_t next_job_seq_ = 1;

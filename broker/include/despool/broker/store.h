@@ -26,6 +26,9 @@ struct WriteBatch {
   std::vector<AttemptRecord> attempts;
   std::vector<std::string> new_dps;            // DPs seen for the first time (from workers)
   std::vector<msg::Event> events;              // state events, seq assigned by the caller
+  // Optional: msg::Encode of each event's envelope, index-aligned with `events`, so the loop
+  // encodes once for the store and the PUB socket. Empty: the store encodes.
+  std::vector<std::string> encoded_events;
   std::optional<std::uint64_t> next_job_seq;   // id generator high-water mark
 
   bool empty() const {
