@@ -62,25 +62,28 @@ class Fd {
 
 bool Vanished(int err) { return err == ENOENT || err == ESRCH; }
 
-// Reads a small or large /proc file completely into buf. Returns 0 or an errno.
+// Reads a /proc file completely into buf (its size becomes the file's length). The buffer only
+// grows, so one reused across processes costs no allocation or zero-filling per file; seq files
+// may return short reads before the end, hence the loop to EOF. Returns 0 or an errno.
 int ReadAll(int dirfd, const char* name, std::string& buf) {
   Fd fd(::openat(dirfd, name, O_RDONLY | O_CLOEXEC));
   if (!fd.ok()) return errno;
-  buf.clear();
+  if (buf.size() < 16384) buf.resize(16384);
   std::size_t used = 0;
   for (;;) {
-    if (buf.size() - used < 16384) buf.resize(std::max<std::size_t>(buf.size() * 2, 65536));
+    if (buf.size() - used < 4096) buf.resize(buf.size() * 2);
     ssize_t n = ::read(fd.get(), buf.data() + used, buf.size() - used);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno;
     if (n == 0) break;
     used += static_cast<std::size_t>(n);
   }
-  buf.resize(used);
+  buf.resize(used);  // shrinking keeps the capacity: the next resize up does not reallocate
   return 0;
 }
 
-// Calls fn(name) for each entry of the directory fd, "." and ".." excluded. Returns 0 or an errno.
+// Calls fn(name) for each entry of the directory fd, "." and ".." excluded, until fn returns
+// false. Returns 0 or an errno.
 template <typename Fn>
 int ForEachEntry(int dirfd, Fn&& fn) {
   alignas(dirent64) char buf[32768];
@@ -93,7 +96,7 @@ int ForEachEntry(int dirfd, Fn&& fn) {
       auto* d = reinterpret_cast<dirent64*>(buf + off);
       off += d->d_reclen;
       if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0))) continue;
-      fn(d->d_name);
+      if (!fn(d->d_name)) return 0;
     }
   }
 }
@@ -201,18 +204,20 @@ class Scanner {
     // An unreadable part makes the report incomplete (recorded) but the rest is still read, so
     // that holders are named wherever we can see them. A vanished process held nothing.
     if (ScanFds(pid_dir.get(), pid) == Scan::kVanished) return;
-    if (ScanMaps(pid_dir.get(), pid) == Scan::kVanished) return;
+    Scan maps = ScanMaps(pid_dir.get(), pid);
+    if (maps == Scan::kVanished) return;
+    if (maps == Scan::kOk && maps_.empty()) {
+      // No mappings at all: a kernel thread or a zombie, which has no executable either.
+      if (!matched_.empty()) RecordHits(pid_dir.get(), pid);
+      return;
+    }
     struct statx stx {};
     // Also in maps; checked for processes that unmapped their executable. Errors: kernel threads
     // have none; an unreadable one was recorded through fd/maps.
     if (::statx(pid_dir.get(), "exe", AT_STATX_DONT_SYNC, STATX_INO, &stx) == 0) {
       Match(FileKey{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino});
     }
-    if (!matched_.empty()) {
-      auto& entry = hits[pid];
-      entry.first = ReadComm(pid_dir.get());
-      entry.second.insert(entry.second.end(), matched_.begin(), matched_.end());
-    }
+    if (!matched_.empty()) RecordHits(pid_dir.get(), pid);
   }
 
   void Unreadable(std::int64_t pid, const char* what, int err) {
@@ -223,6 +228,12 @@ class Scanner {
   }
 
  private:
+  void RecordHits(int pid_dirfd, std::int64_t pid) {
+    auto& entry = hits[pid];
+    entry.first = ReadComm(pid_dirfd);
+    entry.second.insert(entry.second.end(), matched_.begin(), matched_.end());
+  }
+
   enum class Scan { kOk, kVanished, kUnreadable };  // kUnreadable: already recorded
 
   Scan ScanFds(int pid_dirfd, std::int64_t pid) {
@@ -238,10 +249,12 @@ class Scanner {
       struct statx stx {};
       // Follows the magic link to the open file. DONT_SYNC: never wait on a network filesystem.
       if (::statx(fd_dir.get(), fd_name, AT_STATX_DONT_SYNC, STATX_INO, &stx) != 0) {
-        if (!Vanished(errno) && failed == 0) failed = errno;  // closed meanwhile is fine
-        return;
+        if (Vanished(errno)) return true;  // closed meanwhile: fine
+        failed = errno;
+        return false;  // access is decided per process: the other entries would fail alike
       }
       Match(FileKey{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino});
+      return true;
     });
     if (rc != 0 && Vanished(rc)) return Scan::kVanished;
     if (rc != 0) failed = rc;
@@ -366,8 +379,9 @@ class ProcProbe final : public InUseProbe {
         std::int64_t pid = 0;
         const char* end = name + std::strlen(name);
         auto [p, ec] = std::from_chars(name, end, pid);
-        if (ec != std::errc() || p != end || pid <= 0) return;
+        if (ec != std::errc() || p != end || pid <= 0) return true;
         scanner.ScanProcess(proc.get(), name, pid);
+        return true;
       });
       if (rc != 0) problems.push_back("cannot list " + proc_root_ + ": " + std::strerror(rc));
       for (auto& u : scanner.unreadable) problems.push_back(u);
