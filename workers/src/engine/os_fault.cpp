@@ -27,6 +27,11 @@ void FaultInjectingOs::set_sync_noop(bool on) {
   sync_noop_ = on;
 }
 
+void FaultInjectingOs::set_observer(std::function<void(const OsCall&)> observer) {
+  std::lock_guard lock(mu_);
+  observer_ = std::move(observer);
+}
+
 std::vector<OsCall> FaultInjectingOs::calls() const {
   std::lock_guard lock(mu_);
   return calls_;
@@ -77,6 +82,20 @@ R FaultInjectingOs::Run(const char* op, const char* arg, F&& call) {
   bool crash_after = false;
   if (!Enter(op, arg, &crash_after)) return static_cast<R>(-1);
   R r = call();
+  std::function<void(const OsCall&)> observer;
+  OsCall record;
+  {
+    std::lock_guard lock(mu_);
+    if (observer_) {
+      observer = observer_;
+      record = OsCall{count_, op, arg ? arg : ""};
+    }
+  }
+  if (observer) {
+    int saved = errno;
+    observer(record);
+    errno = saved;
+  }
   if (crash_after) {
     std::uint64_t index;
     {

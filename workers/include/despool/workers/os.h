@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -103,6 +104,9 @@ class FaultInjectingOs : public Os {
   // Fsync/Syncfs still count as call points but do nothing (fast tests: a simulated crash
   // is a kill -9, for which the page cache survives).
   void set_sync_noop(bool on);
+  // Called after every call point has executed (outside the lock, on the calling thread):
+  // tests use it to check an invariant after each single step of the engine.
+  void set_observer(std::function<void(const OsCall&)> observer);
   std::vector<OsCall> calls() const;     // recorded calls (when recording)
   std::uint64_t call_count() const;      // all calls so far
   bool crashed() const;
@@ -152,6 +156,7 @@ class FaultInjectingOs : public Os {
   std::uint64_t count_ = 0;
   bool recording_ = false;
   bool sync_noop_ = false;
+  std::function<void(const OsCall&)> observer_;
   bool crashed_ = false;
 };
 
