@@ -273,7 +273,8 @@ TEST_P(InUsePathTest, NonRegularEntriesAreNotFiles) {
   EXPECT_THAT(report->in_use, IsEmpty());
 }
 
-INSTANTIATE_TEST_SUITE_P(Probes, InUsePathTest, ::testing::Values("lease", "proc", "auto"));
+INSTANTIATE_TEST_SUITE_P(Probes, InUsePathTest, ::testing::Values("lease", "proc", "auto"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // ---- lease specifics -----------------------------------------------------------------------
 
