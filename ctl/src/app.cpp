@@ -55,7 +55,13 @@ CLI::Validator NameValidator(Status (*check)(std::string_view)) {
         auto st = check(s);
         return st.ok() ? std::string() : st.error().message;
       },
-      "NAME");
+      "");
+}
+
+// A validator without a description, so --help shows only the option's type name.
+CLI::Validator Quiet(CLI::Validator v) {
+  v.description("");
+  return v;
 }
 
 // A usage error found after parsing (e.g. in the config file): exit 2.
@@ -525,11 +531,11 @@ int RunDespoolctl(int argc, const char* const* argv, Io io) {
   CommonOptions common;
   AddCommonOptions(app, common);
   app.require_subcommand(1);
-  app.add_option("--broker", g.broker, "Broker frontend endpoint")->capture_default_str();
-  app.add_option("--events", g.events, "Broker events endpoint (watch, --wait)")->capture_default_str();
+  app.add_option("--broker", g.broker, "Broker frontend endpoint")->type_name("EP")->capture_default_str();
+  app.add_option("--events", g.events, "Broker events endpoint (watch, --wait)")->type_name("EP")->capture_default_str();
   app.add_flag("--json", g.json, "Machine-readable output (see docs/despoolctl.md)");
   app.add_option("--timeout", g.timeout, "Bound on each request to the broker")
-      ->check(DurationValidator())
+      ->check(Quiet(DurationValidator()))->type_name("DURATION")
       ->capture_default_str();
 
   const std::uint64_t kU32 = std::numeric_limits<std::uint32_t>::max();
@@ -540,58 +546,58 @@ int RunDespoolctl(int argc, const char* const* argv, Io io) {
 
   SubmitOptions so;
   auto* submit = app.add_subcommand("submit", "Publish a package version to DPs (prints JOB_ID<TAB>DP lines)");
-  auto* o_package = submit->add_option("--package", so.package, "Package id")->check(pkg_check);
-  auto* o_version = submit->add_option("--version", so.version, "Version (0 .. 2^53-1)")->check(UnsignedValidator())->check(AtMost(kMaxVersion));
-  auto* o_source = submit->add_option("--source", so.source, "Source directory (absolute on the worker hosts)");
-  submit->add_option("--dp", so.dps, "Target DP (repeatable)")->check(dp_check);
-  submit->add_option("--dp-group", so.dp_groups, "Target DP group (repeatable)")->check(group_check);
+  auto* o_package = submit->add_option("--package", so.package, "Package id")->check(pkg_check)->type_name("ID");
+  auto* o_version = submit->add_option("--version", so.version, "Version (0 .. 2^53-1)")->check(Quiet(UnsignedValidator()))->type_name("N")->check(AtMost(kMaxVersion));
+  auto* o_source = submit->add_option("--source", so.source, "Source directory (absolute on the worker hosts)")->type_name("DIR");
+  submit->add_option("--dp", so.dps, "Target DP (repeatable)")->check(dp_check)->type_name("NAME");
+  submit->add_option("--dp-group", so.dp_groups, "Target DP group (repeatable)")->check(group_check)->type_name("GROUP");
   submit->add_flag("--wait", so.wait, "Wait until every job ended and report each outcome");
   submit->add_option("--wait-timeout", so.wait_timeout, "Give up waiting after this long (exit 4)")
-      ->check(DurationValidator());
+      ->check(Quiet(DurationValidator()))->type_name("DURATION");
   submit->add_option("--retry-base", so.retry_base, "First retry delay after a deferral (default 30s)")
-      ->check(DurationValidator());
-  submit->add_option("--retry-max", so.retry_max, "Longest retry delay (default 1h)")->check(DurationValidator());
+      ->check(Quiet(DurationValidator()))->type_name("DURATION");
+  submit->add_option("--retry-max", so.retry_max, "Longest retry delay (default 1h)")->check(Quiet(DurationValidator()))->type_name("DURATION");
   submit->add_option("--max-attempts", so.max_attempts, "Attempts before on-exhausted applies (default 10)")
-      ->check(UnsignedValidator())->check(AtMost(kU32));
-  submit->add_option("--on-exhausted", so.on_exhausted, "dead|force")->check(CLI::IsMember({"dead", "force"}));
+      ->check(Quiet(UnsignedValidator()))->type_name("N")->check(AtMost(kU32));
+  submit->add_option("--on-exhausted", so.on_exhausted, "What to do when attempts run out")->type_name("dead|force")->check(CLI::IsMember({"dead", "force"}));
   submit->add_flag("--checksum", so.checksum, "Compare every file's content, not size and mtime");
   auto* o_file = submit->add_option("--file", so.file, "Instructions file (TOML, [[instruction]] tables)")
-                     ->check(CLI::ExistingFile);
+                     ->check(Quiet(CLI::ExistingFile))->type_name("FILE");
   o_file->excludes(o_package)->excludes(o_version)->excludes(o_source);
 
   StatusOptions sto;
   auto* status = app.add_subcommand("status", "Show jobs (one job with JOB_ID)");
-  status->add_option("JOB_ID", sto.job_id, "Job id")->check(job_check);
-  status->add_option("--package", sto.package, "Only this package")->check(pkg_check);
-  status->add_option("--dp", sto.dp, "Only this DP")->check(dp_check);
-  status->add_option("--state", sto.state, "Only this state")
+  status->add_option("JOB_ID", sto.job_id, "Job id")->check(job_check)->type_name("JOB_ID");
+  status->add_option("--package", sto.package, "Only this package")->check(pkg_check)->type_name("ID");
+  status->add_option("--dp", sto.dp, "Only this DP")->check(dp_check)->type_name("NAME");
+  status->add_option("--state", sto.state, "Only this state")->type_name("STATE")
       ->check(CLI::IsMember({"queued", "running", "deferred", "applied", "up-to-date", "superseded", "cancelled", "dead"}));
-  status->add_option("--limit", sto.limit, "At most N jobs (0 = all)")->check(UnsignedValidator())->check(AtMost(kU32))->capture_default_str();
+  status->add_option("--limit", sto.limit, "At most N jobs (0 = all)")->check(Quiet(UnsignedValidator()))->type_name("N")->check(AtMost(kU32))->capture_default_str();
 
   WatchOptions wo;
   auto* watch = app.add_subcommand("watch", "Follow live events (progress bars on a terminal)");
-  watch->add_option("--dp", wo.dp, "Only this DP")->check(dp_check);
-  watch->add_option("--package", wo.package, "Only this package")->check(pkg_check);
-  watch->add_option("--since", wo.since, "Replay stored events after SEQ first")->check(UnsignedValidator())->check(AtMost(~std::uint64_t{0}));
+  watch->add_option("--dp", wo.dp, "Only this DP")->check(dp_check)->type_name("NAME");
+  watch->add_option("--package", wo.package, "Only this package")->check(pkg_check)->type_name("ID");
+  watch->add_option("--since", wo.since, "Replay stored events after SEQ first")->check(Quiet(UnsignedValidator()))->type_name("N")->check(AtMost(~std::uint64_t{0}));
 
   VerifyOptions vo;
   auto* verify = app.add_subcommand("verify", "Check live packages against their manifests");
-  verify->add_option("--dp", vo.dp, "DP to verify")->check(dp_check)->required();
-  verify->add_option("--package", vo.package, "Only this package")->check(pkg_check);
+  verify->add_option("--dp", vo.dp, "DP to verify")->check(dp_check)->type_name("NAME")->required();
+  verify->add_option("--package", vo.package, "Only this package")->check(pkg_check)->type_name("ID");
   verify->add_flag("--repair", vo.repair, "Restore damaged packages from their source");
   verify->add_flag("--no-wait", vo.no_wait, "Print the verify jobs and return without waiting for reports");
   verify->add_option("--wait-timeout", vo.wait_timeout, "Give up waiting after this long (exit 4)")
-      ->check(DurationValidator());
+      ->check(Quiet(DurationValidator()))->type_name("DURATION");
 
   auto* workers = app.add_subcommand("workers", "List connected workers");
   std::string dead_limit = "1000";
   auto* dead = app.add_subcommand("dead", "List dead jobs");
-  dead->add_option("--limit", dead_limit, "At most N jobs (0 = all)")->check(UnsignedValidator())->check(AtMost(kU32))->capture_default_str();
+  dead->add_option("--limit", dead_limit, "At most N jobs (0 = all)")->check(Quiet(UnsignedValidator()))->type_name("N")->check(AtMost(kU32))->capture_default_str();
   std::string retry_id, cancel_id;
   auto* retry = app.add_subcommand("retry", "Requeue a dead job (attempts reset to 0)");
-  retry->add_option("JOB_ID", retry_id, "Job id")->required()->check(job_check);
+  retry->add_option("JOB_ID", retry_id, "Job id")->required()->check(job_check)->type_name("JOB_ID");
   auto* cancel = app.add_subcommand("cancel", "Cancel a job that has not ended");
-  cancel->add_option("JOB_ID", cancel_id, "Job id")->required()->check(job_check);
+  cancel->add_option("JOB_ID", cancel_id, "Job id")->required()->check(job_check)->type_name("JOB_ID");
   auto* stats = app.add_subcommand("stats", "Queue and DP figures");
 
   return RunCli(app, argc, argv, [&]() -> int {
