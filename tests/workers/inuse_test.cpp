@@ -1,9 +1,13 @@
 // In-use probes against real holder processes (open descriptor, mmap only, running executable),
 // plus a fake /proc tree for the cases a live system cannot produce on demand.
+#include "despool/workers/inuse.h"
+
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <grp.h>
-#include <signal.h>
+#include <gtest/gtest.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -20,10 +24,6 @@
 #include <string>
 #include <vector>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
-#include "despool/workers/inuse.h"
 #include "workers/test_holders.h"
 
 namespace despool::workers {
@@ -71,7 +71,9 @@ class InUseTest : public ::testing::Test {
     fs::remove_all(tmp_, ec);
   }
 
-  std::vector<std::string> AllFiles() const { return {"a.txt", "bin/tool", "sub/b.txt", "sub/deep/c.bin"}; }
+  std::vector<std::string> AllFiles() const {
+    return {"a.txt", "bin/tool", "sub/b.txt", "sub/deep/c.bin"};
+  }
   std::string Abs(const std::string& rel) const { return (pkg_ / rel).string(); }
 
   fs::path tmp_;
@@ -114,7 +116,8 @@ void ExpectCompleteUnlessProcessesHidden(const InUseReport& r) {
     named.push_back(std::strtol(r.incomplete_reason.c_str() + pos + 4, nullptr, 10));
   }
   ASSERT_FALSE(named.empty()) << r.incomplete_reason;
-  for (long pid : named) EXPECT_TRUE(ProcessHiddenFromUs(pid)) << "pid " << pid << " in: " << r.incomplete_reason;
+  for (long pid : named)
+    EXPECT_TRUE(ProcessHiddenFromUs(pid)) << "pid " << pid << " in: " << r.incomplete_reason;
 }
 
 // The lease and auto probes see every file exactly here; a /proc scan may meet hidden processes.
@@ -187,9 +190,10 @@ std::vector<HoldCase> AllHoldCases() {
 
 INSTANTIATE_TEST_SUITE_P(Probes, InUseHoldTest, ::testing::ValuesIn(AllHoldCases()),
                          [](const ::testing::TestParamInfo<HoldCase>& info) {
-                           const char* mode = info.param.mode == HolderProcess::Mode::kOpen   ? "Open"
-                                              : info.param.mode == HolderProcess::Mode::kMmap ? "MmapOnly"
-                                                                                               : "Exec";
+                           const char* mode = info.param.mode == HolderProcess::Mode::kOpen ? "Open"
+                                              : info.param.mode == HolderProcess::Mode::kMmap
+                                                  ? "MmapOnly"
+                                                  : "Exec";
                            return info.param.probe + "_" + mode;
                          });
 
@@ -208,7 +212,8 @@ TEST_P(InUsePathTest, VanishedAndMissingPathsAreNotInUse) {
   HolderProcess holder(HolderProcess::Mode::kOpen, Abs("sub/b.txt"));
   ASSERT_TRUE(holder.ready()) << holder.error();
   fs::remove(pkg_ / "sub/deep/c.bin");
-  std::vector<std::string> paths = {"sub/deep/c.bin", "gone.txt", "nodir/x", "a.txt/child", "sub/b.txt"};
+  std::vector<std::string> paths = {"sub/deep/c.bin", "gone.txt", "nodir/x", "a.txt/child",
+                                    "sub/b.txt"};
   auto report = MakeProbe(GetParam())->Check(dirfd_, paths);
   ASSERT_TRUE(report.ok()) << report.error().ToString();
   ExpectComplete(GetParam(), *report);
@@ -225,7 +230,8 @@ TEST_P(InUsePathTest, NeverFollowsSymlinks) {
   HolderProcess outside(HolderProcess::Mode::kOpen, "/bin/sleep");
   ASSERT_TRUE(outside.ready()) << outside.error();
   fs::create_symlink("/bin/sleep", pkg_ / "escape");
-  auto report = MakeProbe(GetParam())->Check(dirfd_, {"link.txt", "sublink/b.txt", "escape", "a.txt"});
+  auto report =
+      MakeProbe(GetParam())->Check(dirfd_, {"link.txt", "sublink/b.txt", "escape", "a.txt"});
   ASSERT_TRUE(report.ok()) << report.error().ToString();
   EXPECT_THAT(report->in_use, ElementsAre("a.txt"));
 }
@@ -258,7 +264,8 @@ TEST_P(InUsePathTest, OwnDescriptorCountsAsInUse) {
 }
 
 TEST_P(InUsePathTest, RefusesEscapingPaths) {
-  for (std::string bad : {"../x", "/etc/passwd", "", "sub/../a.txt", "./a.txt", "sub//b.txt", "sub/"}) {
+  for (std::string bad :
+       {"../x", "/etc/passwd", "", "sub/../a.txt", "./a.txt", "sub//b.txt", "sub/"}) {
     auto report = MakeProbe(GetParam())->Check(dirfd_, {"a.txt", bad});
     ASSERT_FALSE(report.ok()) << "'" << bad << "'";
     EXPECT_EQ(report.error().code, ErrorCode::kInvalidArgument) << "'" << bad << "'";
@@ -274,7 +281,9 @@ TEST_P(InUsePathTest, NonRegularEntriesAreNotFiles) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Probes, InUsePathTest, ::testing::Values("lease", "proc", "auto"),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 // ---- lease specifics -----------------------------------------------------------------------
 
@@ -309,7 +318,8 @@ TEST_F(InUseTest, SurvivesLeaseBreaksFromConcurrentOpeners) {
   // sends us SIGIO. Counted here by a handler (without SA_RESTART, so interrupted calls are
   // exercised too); with SIG_DFL this process would die. Both verdicts are legitimate for a
   // file opened and closed continuously, but the probe must never fail.
-  struct sigaction counting {}, old {};
+  struct sigaction counting {
+  }, old{};
   counting.sa_handler = [](int) { g_lease_breaks = g_lease_breaks + 1; };
   sigemptyset(&counting.sa_mask);
   ASSERT_EQ(::sigaction(SIGIO, &counting, &old), 0);
@@ -324,8 +334,8 @@ TEST_F(InUseTest, SurvivesLeaseBreaksFromConcurrentOpeners) {
       ASSERT_TRUE(report.ok()) << report.error().ToString();
       in_use += report->in_use.empty() ? 0 : 1;
     }
-    std::printf("lease probe vs churning opener: %d/3000 in use, %d lease breaks signalled\n", in_use,
-                static_cast<int>(g_lease_breaks));
+    std::printf("lease probe vs churning opener: %d/3000 in use, %d lease breaks signalled\n",
+                in_use, static_cast<int>(g_lease_breaks));
   }
   ASSERT_EQ(::sigaction(SIGIO, &old, nullptr), 0);
   auto report = MakeLeaseProbe()->Check(dirfd_, {"a.txt"});
@@ -360,13 +370,15 @@ std::string BreakOurLease(const std::string& path) {
   ::close(fd);
   int status = 0;
   ::waitpid(child, &status, 0);
-  if (result.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) result = "child's open failed";
+  if (result.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+    result = "child's open failed";
   return result;
 }
 
 TEST_F(InUseTest, LeaseBreakSignalIsSentAndIgnored) {
   // The kernel does signal a lease holder whose lease is broken...
-  struct sigaction counting {}, ignored {};
+  struct sigaction counting {
+  }, ignored{};
   counting.sa_handler = [](int) { g_lease_breaks = g_lease_breaks + 1; };
   sigemptyset(&counting.sa_mask);
   counting.sa_flags = SA_RESTART;
@@ -399,7 +411,8 @@ TEST_F(InUseTest, LeaseProbeSplitsWorkOverThreads) {
 }
 
 TEST_F(InUseTest, LeaseProbeRefusesWhileSigioWouldKill) {
-  struct sigaction dfl {}, old {};
+  struct sigaction dfl {
+  }, old{};
   dfl.sa_handler = SIG_DFL;
   ASSERT_EQ(::sigaction(SIGIO, &dfl, &old), 0);
   auto report = MakeLeaseProbe()->Check(dirfd_, AllFiles());
@@ -423,8 +436,9 @@ std::string RunInChild(bool as_nobody, const std::function<std::string()>& fn) {
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(fds[0]);
-    if (as_nobody && ::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
-                             ::setresuid(kNobody, kNobody, kNobody) != 0)) {
+    if (as_nobody && ::geteuid() == 0 &&
+        (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
+         ::setresuid(kNobody, kNobody, kNobody) != 0)) {
       ::_exit(2);
     }
     std::string out = fn();
@@ -444,14 +458,18 @@ std::string RunInChild(bool as_nobody, const std::function<std::string()>& fn) {
   ::close(fds[0]);
   int status = 0;
   ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) out += "\nchild failed, status " + std::to_string(status);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    out += "\nchild failed, status " + std::to_string(status);
   return out;
 }
 
-std::string RunAsNobody(const std::function<std::string()>& fn) { return RunInChild(true, fn); }
+std::string RunAsNobody(const std::function<std::string()>& fn) {
+  return RunInChild(true, fn);
+}
 
 std::string Describe(const Result<InUseReport>& r) {
-  if (!r.ok()) return "error " + std::string(ErrorCodeName(r.error().code)) + ": " + r.error().message;
+  if (!r.ok())
+    return "error " + std::string(ErrorCodeName(r.error().code)) + ": " + r.error().message;
   std::string s = std::string("complete=") + (r->complete ? "1" : "0") + " in_use=";
   for (auto& p : r->in_use) s += p + ",";
   s += " reason=" + r->incomplete_reason;
@@ -467,8 +485,8 @@ TEST_F(InUseTest, WithoutPrivilegeLeasesFallBackAndNeverReportFree) {
   ASSERT_TRUE(holder.ready()) << holder.error();
   int dirfd = dirfd_;
   std::string out = RunAsNobody([&] {
-    return "lease: " + Describe(MakeLeaseProbe()->Check(dirfd, {"a.txt"})) + "\nauto: " +
-           Describe(MakeAutoProbe()->Check(dirfd, {"a.txt"})) + "\n";
+    return "lease: " + Describe(MakeLeaseProbe()->Check(dirfd, {"a.txt"})) +
+           "\nauto: " + Describe(MakeAutoProbe()->Check(dirfd, {"a.txt"})) + "\n";
   });
   EXPECT_THAT(out, HasSubstr("lease: error failed-precondition"));
   EXPECT_THAT(out, HasSubstr("auto: complete=0"));
@@ -519,7 +537,9 @@ TEST_F(InUseTest, AutoScansProcOnlyForFilesFoundInUse) {
   int dirfd = dirfd_;
   auto recording_proc = [&] {
     return std::make_unique<FakeProbe>(
-        [dirfd](const std::vector<std::string>& paths) { return MakeProcProbe()->Check(dirfd, paths); },
+        [dirfd](const std::vector<std::string>& paths) {
+          return MakeProcProbe()->Check(dirfd, paths);
+        },
         &proc_calls);
   };
   auto report = MakeAutoProbe(MakeLeaseProbe(), recording_proc())->Check(dirfd_, AllFiles());
@@ -539,17 +559,19 @@ TEST_F(InUseTest, AutoScansProcOnlyForFilesFoundInUse) {
 }
 
 TEST_F(InUseTest, AutoKeepsLeaseVerdictWhenHoldersCannotBeNamed) {
-  auto lease = std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
-    InUseReport r;
-    r.in_use = {"a.txt"};
-    return r;
-  });
-  auto proc = std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
-    InUseReport r;
-    r.complete = false;
-    r.incomplete_reason = "pid 7: cannot read fd";
-    return r;
-  });
+  auto lease =
+      std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
+        InUseReport r;
+        r.in_use = {"a.txt"};
+        return r;
+      });
+  auto proc =
+      std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
+        InUseReport r;
+        r.complete = false;
+        r.incomplete_reason = "pid 7: cannot read fd";
+        return r;
+      });
   auto report = MakeAutoProbe(std::move(lease), std::move(proc))->Check(dirfd_, AllFiles());
   ASSERT_TRUE(report.ok());
   EXPECT_THAT(report->in_use, ElementsAre("a.txt"));
@@ -558,21 +580,24 @@ TEST_F(InUseTest, AutoKeepsLeaseVerdictWhenHoldersCannotBeNamed) {
 }
 
 TEST_F(InUseTest, AutoFallbackIncompleteIsNeverFree) {
-  auto proc = std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
-    InUseReport r;
-    r.complete = false;
-    r.incomplete_reason = "pid 7: cannot read fd";
-    return r;
-  });
+  auto proc =
+      std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
+        InUseReport r;
+        r.complete = false;
+        r.incomplete_reason = "pid 7: cannot read fd";
+        return r;
+      });
   auto report = MakeAutoProbe(LeasesUnavailable(), std::move(proc))->Check(dirfd_, AllFiles());
   ASSERT_TRUE(report.ok());
   EXPECT_FALSE(report->complete);
   EXPECT_THAT(report->incomplete_reason, HasSubstr("pid 7"));
 
-  auto failing = std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
-    return MakeError(ErrorCode::kFailedPrecondition, "no /proc");
-  });
-  auto both_fail = MakeAutoProbe(LeasesUnavailable(), std::move(failing))->Check(dirfd_, AllFiles());
+  auto failing =
+      std::make_unique<FakeProbe>([](const std::vector<std::string>&) -> Result<InUseReport> {
+        return MakeError(ErrorCode::kFailedPrecondition, "no /proc");
+      });
+  auto both_fail =
+      MakeAutoProbe(LeasesUnavailable(), std::move(failing))->Check(dirfd_, AllFiles());
   ASSERT_FALSE(both_fail.ok());
   EXPECT_THAT(both_fail.error().message, HasSubstr("no /proc"));
   EXPECT_THAT(both_fail.error().message, HasSubstr("lease probe unavailable"));
@@ -589,13 +614,13 @@ class FakeProcTest : public InUseTest {
     fs::permissions(proc_, fs::perms(0755));
   }
   // A process directory: comm, stat (with flags), an fd dir and maps.
-  void AddProcess(int pid, const std::string& comm, unsigned flags, fs::perms fd_perms = fs::perms(0755),
-                  const std::string& maps = "") {
+  void AddProcess(int pid, const std::string& comm, unsigned flags,
+                  fs::perms fd_perms = fs::perms(0755), const std::string& maps = "") {
     fs::path d = proc_ / std::to_string(pid);
     fs::create_directories(d / "fd");
     WriteFile(d / "comm", comm + "\n");
-    WriteFile(d / "stat", std::to_string(pid) + " (" + comm + ") S 1 1 1 0 -1 " + std::to_string(flags) +
-                              " 0 0 0 0 0 0 0 0 20 0 1 0\n");
+    WriteFile(d / "stat", std::to_string(pid) + " (" + comm + ") S 1 1 1 0 -1 " +
+                              std::to_string(flags) + " 0 0 0 0 0 0 0 0 20 0 1 0\n");
     WriteFile(d / "maps", maps);
     fs::permissions(d, fs::perms(0755));
     fs::permissions(d / "fd", fd_perms);
@@ -604,7 +629,8 @@ class FakeProcTest : public InUseTest {
     struct stat st {};
     EXPECT_EQ(::stat(Abs(rel).c_str(), &st), 0);
     char line[256];
-    std::snprintf(line, sizeof(line), "7f0000000000-7f0000001000 r--s 00000000 %02x:%02x %llu    %s\n",
+    std::snprintf(line, sizeof(line),
+                  "7f0000000000-7f0000001000 r--s 00000000 %02x:%02x %llu    %s\n",
                   major(st.st_dev), minor(st.st_dev), static_cast<unsigned long long>(st.st_ino),
                   Abs(rel).c_str());
     return "55d0c0000000-55d0c0001000 r-xp 00000000 00:00 0 \n" + std::string(line);
@@ -620,17 +646,19 @@ TEST_F(FakeProcTest, FindsFdAndMapsHoldersAndSkipsVanishedAndKernelThreads) {
   AddProcess(2, "kthreadd", 0x00208040, fs::perms::none);  // PF_KTHREAD: unreadable fd dir is fine
   AddProcess(13, "zombie", 0, fs::perms::none);            // a zombie holds nothing either
   WriteFile(proc_ / "13/stat", "13 (zombie) Z 1 1 1 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0\n");
-  fs::create_directories(proc_ / "12");                      // vanished: no fd, no maps
-  fs::create_directories(proc_ / "self");                    // not a pid
+  fs::create_directories(proc_ / "12");    // vanished: no fd, no maps
+  fs::create_directories(proc_ / "self");  // not a pid
   WriteFile(proc_ / "meminfo", "");
 
   int dirfd = dirfd_;
   std::string proc = proc_.string();
   auto run = [dirfd, proc] {
-    auto r = MakeProcProbe(proc)->Check(dirfd, {"a.txt", "bin/tool", "sub/b.txt", "sub/deep/c.bin"});
+    auto r =
+        MakeProcProbe(proc)->Check(dirfd, {"a.txt", "bin/tool", "sub/b.txt", "sub/deep/c.bin"});
     std::string s = Describe(r);
     if (r.ok()) {
-      for (auto& h : r->holders) s += " holder=" + std::to_string(h.pid) + ":" + h.command + ":" + h.path;
+      for (auto& h : r->holders)
+        s += " holder=" + std::to_string(h.pid) + ":" + h.command + ":" + h.path;
     }
     return s;
   };
@@ -654,7 +682,9 @@ TEST_F(FakeProcTest, UnreadableProcessMakesReportIncompleteNamingThePid) {
     if (r.ok()) {
       for (auto& h : r->holders) s += " holder=" + std::to_string(h.pid) + ":" + h.path;
     }
-    s += "\nauto: " + Describe(MakeAutoProbe(LeasesUnavailable(), MakeProcProbe(proc))->Check(dirfd, {"sub/b.txt"}));
+    s += "\nauto: " +
+         Describe(
+             MakeAutoProbe(LeasesUnavailable(), MakeProcProbe(proc))->Check(dirfd, {"sub/b.txt"}));
     return s;
   });
   EXPECT_THAT(out, HasSubstr("proc: complete=0 in_use=a.txt,sub/deep/c.bin, reason="));
@@ -672,7 +702,8 @@ TEST_F(InUseTest, HidepidProcMountIsIncomplete) {
   int dirfd = dirfd_;
   std::string out = RunInChild(/*as_nobody=*/false, [&]() -> std::string {
     if (::unshare(CLONE_NEWNS) != 0) return "skip: unshare: " + std::string(std::strerror(errno));
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return "skip: make-private";
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+      return "skip: make-private";
     if (::mount("proc", mnt.c_str(), "proc", 0, "hidepid=invisible") != 0) {
       return "skip: mount proc: " + std::string(std::strerror(errno));
     }

@@ -23,7 +23,8 @@ class AutoProbe final : public InUseProbe {
       auto log = GetLogger("engine");
       const auto level = warned_.exchange(true) ? spdlog::level::debug : spdlog::level::warn;
       log->log(level, "in-use check: lease probe unavailable, using the /proc scan reason={}",
-               LogQuote(leased.error().message));      // Leases unavailable (or failed): the /proc scan answers alone, completeness included.
+               LogQuote(leased.error().message));  // Leases unavailable (or failed): the /proc scan
+                                                   // answers alone, completeness included.
       auto scanned = proc_->Check(package_dirfd, rel_paths);
       if (!scanned.ok()) {
         Error e = scanned.take_error();
@@ -40,7 +41,8 @@ class AutoProbe final : public InUseProbe {
       InUseReport merged = std::move(scanned).value();
       merged.in_use.insert(merged.in_use.end(), report.in_use.begin(), report.in_use.end());
       std::sort(merged.in_use.begin(), merged.in_use.end());
-      merged.in_use.erase(std::unique(merged.in_use.begin(), merged.in_use.end()), merged.in_use.end());
+      merged.in_use.erase(std::unique(merged.in_use.begin(), merged.in_use.end()),
+                          merged.in_use.end());
       return merged;
     }
     if (report.in_use.empty()) return report;
@@ -70,6 +72,8 @@ std::unique_ptr<InUseProbe> MakeAutoProbe(std::unique_ptr<InUseProbe> lease,
   return std::make_unique<AutoProbe>(std::move(lease), std::move(proc));
 }
 
-std::unique_ptr<InUseProbe> MakeAutoProbe() { return MakeAutoProbe(MakeLeaseProbe(), MakeProcProbe()); }
+std::unique_ptr<InUseProbe> MakeAutoProbe() {
+  return MakeAutoProbe(MakeLeaseProbe(), MakeProcProbe());
+}
 
 }  // namespace despool::workers

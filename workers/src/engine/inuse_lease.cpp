@@ -58,7 +58,8 @@ Probed ProbeOne(int dirfd, const char* name, const std::string& rel) {
     if (err == ENOENT || err == ENOTDIR) return {Verdict::kSkip, {}};  // gone: not in use
     if (err == ELOOP || err == ENXIO) return {Verdict::kSkip, {}};     // a symlink, a socket
     if (err == EWOULDBLOCK) return {Verdict::kInUse, {}};
-    if (err == EACCES || err == EPERM) return {Verdict::kError, LeasesUnavailable(rel, "cannot open the file", err)};
+    if (err == EACCES || err == EPERM)
+      return {Verdict::kError, LeasesUnavailable(rel, "cannot open the file", err)};
     return {Verdict::kError, SysError("lease probe: open '" + rel + "'", err)};
   }
   if (::fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
@@ -75,7 +76,8 @@ Probed ProbeOne(int dirfd, const char* name, const std::string& rel) {
   if (err == EINVAL && !regular) return {Verdict::kSkip, {}};
   if (err == EINVAL) {
     return {Verdict::kError,
-            LeasesUnavailable(rel, "the filesystem does not support leases, or they are disabled", err)};
+            LeasesUnavailable(rel, "the filesystem does not support leases, or they are disabled",
+                              err)};
   }
   if (err == EACCES || err == EPERM) {
     return {Verdict::kError, LeasesUnavailable(rel, "not the file's owner and no CAP_LEASE", err)};
@@ -127,7 +129,8 @@ class LeaseProbe final : public InUseProbe {
       if (verdicts[i] == Verdict::kInUse) report.in_use.push_back(rel_paths[i]);
     }
     std::sort(report.in_use.begin(), report.in_use.end());
-    report.in_use.erase(std::unique(report.in_use.begin(), report.in_use.end()), report.in_use.end());
+    report.in_use.erase(std::unique(report.in_use.begin(), report.in_use.end()),
+                        report.in_use.end());
     return report;
   }
 
@@ -139,7 +142,8 @@ class LeaseProbe final : public InUseProbe {
     if (threads == 0) {
       threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4);
     }
-    threads = std::min(threads, std::max<std::size_t>(1, n / std::max<std::size_t>(1, options_.min_files_per_thread)));
+    const std::size_t per_thread = std::max<std::size_t>(1, options_.min_files_per_thread);
+    threads = std::min(threads, std::max<std::size_t>(1, n / per_thread));
     std::vector<std::thread> workers;
     std::size_t chunk = (n + threads - 1) / std::max<std::size_t>(threads, 1);
     std::size_t begin = chunk;
@@ -166,14 +170,15 @@ std::unique_ptr<InUseProbe> MakeLeaseProbe(LeaseProbeOptions options) {
 Status IgnoreLeaseBreakSignal() {
   struct sigaction current {};
   if (::sigaction(SIGIO, nullptr, &current) != 0) return SysError("sigaction(SIGIO)", errno);
-  bool has_handler = (current.sa_flags & SA_SIGINFO) ? current.sa_sigaction != nullptr
-                                                       : (current.sa_handler != SIG_DFL &&
-                                                          current.sa_handler != SIG_IGN);
+  bool has_handler = (current.sa_flags & SA_SIGINFO)
+                         ? current.sa_sigaction != nullptr
+                         : (current.sa_handler != SIG_DFL && current.sa_handler != SIG_IGN);
   if (has_handler) return Status::Ok();  // someone else's handler owns SIGIO; it keeps us alive
   struct sigaction ignore {};
   ignore.sa_handler = SIG_IGN;
   sigemptyset(&ignore.sa_mask);
-  if (::sigaction(SIGIO, &ignore, nullptr) != 0) return SysError("sigaction(SIGIO, SIG_IGN)", errno);
+  if (::sigaction(SIGIO, &ignore, nullptr) != 0)
+    return SysError("sigaction(SIGIO, SIG_IGN)", errno);
   return Status::Ok();
 }
 

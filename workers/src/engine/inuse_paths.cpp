@@ -10,8 +10,9 @@ namespace despool::workers::inuse_internal {
 
 Status ValidateRelPath(std::string_view rel) {
   if (rel.empty() || rel.front() == '/') {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "in-use probe: path must be relative and non-empty: '" + std::string(rel) + "'");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "in-use probe: path must be relative and non-empty: '" + std::string(rel) + "'");
   }
   std::size_t start = 0;
   while (start <= rel.size()) {
@@ -38,7 +39,8 @@ Result<int> DirWalker::OpenDir(std::string_view dir_path) {
   if (auto it = dirs_.find(std::string(dir_path)); it != dirs_.end()) return it->second;
   // Open the parent first (recursively, cached), then this component relative to it.
   std::size_t slash = dir_path.rfind('/');
-  std::string_view parent = slash == std::string_view::npos ? std::string_view() : dir_path.substr(0, slash);
+  std::string_view parent =
+      slash == std::string_view::npos ? std::string_view() : dir_path.substr(0, slash);
   std::string name(slash == std::string_view::npos ? dir_path : dir_path.substr(slash + 1));
   DESPOOL_ASSIGN_OR_RETURN(int parent_fd, OpenDir(parent));
   int fd = -1;
@@ -60,7 +62,9 @@ Result<DirWalker::Leaf> DirWalker::Resolve(std::string_view rel) {
   std::size_t slash = rel.rfind('/');
   Leaf leaf;
   leaf.name = slash == std::string_view::npos ? rel : rel.substr(slash + 1);
-  DESPOOL_ASSIGN_OR_RETURN(int dirfd, OpenDir(slash == std::string_view::npos ? std::string_view() : rel.substr(0, slash)));
+  DESPOOL_ASSIGN_OR_RETURN(
+      int dirfd,
+      OpenDir(slash == std::string_view::npos ? std::string_view() : rel.substr(0, slash)));
   leaf.dirfd = dirfd;
   leaf.gone = dirfd < 0;
   return leaf;

@@ -5,14 +5,15 @@
 //
 // Completeness: a process whose fd directory or maps cannot be read (EACCES/EPERM: another
 // user's process without CAP_SYS_PTRACE, hidepid=1) makes the report incomplete, naming the pid —
-// except kernel threads (PF_KTHREAD) and zombies, which have no files or mappings of their own. A process
-// that exits mid-scan (ENOENT/ESRCH) simply held nothing. Not seen (as with fuser): processes in
-// other PID namespaces, and threads that unshared their descriptor table (CLONE_FILES unset).
+// except kernel threads (PF_KTHREAD) and zombies, which have no files or mappings of their own. A
+// process that exits mid-scan (ENOENT/ESRCH) simply held nothing. Not seen (as with fuser):
+// processes in other PID namespaces, and threads that unshared their descriptor table (CLONE_FILES
+// unset).
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/types.h>
 #include <sys/sysmacros.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,16 +52,21 @@ struct FileKeyHash {
 class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() { if (fd_ >= 0) ::close(fd_); }
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
   bool ok() const { return fd_ >= 0; }
+
  private:
   int fd_;
 };
 
-bool Vanished(int err) { return err == ENOENT || err == ESRCH; }
+bool Vanished(int err) {
+  return err == ENOENT || err == ESRCH;
+}
 
 // Reads a /proc file completely into buf (its size becomes the file's length). The buffer only
 // grows, so one reused across processes costs no allocation or zero-filling per file; seq files
@@ -95,7 +101,8 @@ int ForEachEntry(int dirfd, Fn&& fn) {
     for (ssize_t off = 0; off < n;) {
       auto* d = reinterpret_cast<dirent64*>(buf + off);
       off += d->d_reclen;
-      if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0))) continue;
+      if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0)))
+        continue;
       if (!fn(d->d_name)) return 0;
     }
   }
@@ -138,7 +145,9 @@ std::string ReadComm(int pid_dirfd) {
 // more-privileged supervisor can still hide a process from root.
 std::string HiddenProcessesReason(int proc_fd) {
   struct statx stx {};
-  if (::statx(proc_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) != 0 || !(stx.stx_mask & STATX_MNT_ID)) return {};
+  if (::statx(proc_fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &stx) != 0 ||
+      !(stx.stx_mask & STATX_MNT_ID))
+    return {};
   std::string mountinfo;
   Fd self(::open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!self.ok() || ReadAll(self.get(), "mountinfo", mountinfo) != 0) return {};
@@ -162,7 +171,8 @@ std::string HiddenProcessesReason(int proc_fd) {
       std::size_t comma = options.find(',');
       std::string_view opt = options.substr(0, comma);
       options = comma == std::string_view::npos ? std::string_view() : options.substr(comma + 1);
-      if (opt == "hidepid=2" || opt == "hidepid=invisible" || opt == "hidepid=4" || opt == "hidepid=ptraceable") {
+      if (opt == "hidepid=2" || opt == "hidepid=invisible" || opt == "hidepid=4" ||
+          opt == "hidepid=ptraceable") {
         hidden = true;
       } else if (opt.substr(0, 4) == "gid=") {
         std::from_chars(opt.data() + 4, opt.data() + opt.size(), gid);
@@ -277,12 +287,15 @@ class Scanner {
     const char* end = p + maps_.size();
     FileKey last{0, 0};
     while (p < end) {
-      const char* eol = static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
+      const char* eol =
+          static_cast<const char*>(std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
       if (!eol) eol = end;
-      const char* range_end = static_cast<const char*>(std::memchr(p, ' ', static_cast<std::size_t>(eol - p)));
+      const char* range_end =
+          static_cast<const char*>(std::memchr(p, ' ', static_cast<std::size_t>(eol - p)));
       const char* f = range_end;
       for (int skip = 0; f && skip < 2; ++skip) {  // perms, offset
-        f = static_cast<const char*>(std::memchr(f + 1, ' ', static_cast<std::size_t>(eol - f - 1)));
+        f = static_cast<const char*>(
+            std::memchr(f + 1, ' ', static_cast<std::size_t>(eol - f - 1)));
       }
       unsigned maj = 0, min = 0;
       std::uint64_t ino = 0;
@@ -386,12 +399,14 @@ class ProcProbe final : public InUseProbe {
       if (rc != 0) problems.push_back("cannot list " + proc_root_ + ": " + std::strerror(rc));
       for (auto& u : scanner.unreadable) problems.push_back(u);
       if (scanner.unreadable_count > scanner.unreadable.size()) {
-        problems.push_back("and " + std::to_string(scanner.unreadable_count - scanner.unreadable.size()) +
+        problems.push_back("and " +
+                           std::to_string(scanner.unreadable_count - scanner.unreadable.size()) +
                            " more processes unreadable");
       }
       for (auto& [pid, entry] : scanner.hits) {
         std::sort(entry.second.begin(), entry.second.end());
-        entry.second.erase(std::unique(entry.second.begin(), entry.second.end()), entry.second.end());
+        entry.second.erase(std::unique(entry.second.begin(), entry.second.end()),
+                           entry.second.end());
         for (std::size_t idx : entry.second) {
           report.in_use.push_back(rel_paths[idx]);
           report.holders.push_back(InUseHolder{pid, entry.first, rel_paths[idx]});
@@ -400,10 +415,12 @@ class ProcProbe final : public InUseProbe {
     }
 
     std::sort(report.in_use.begin(), report.in_use.end());
-    report.in_use.erase(std::unique(report.in_use.begin(), report.in_use.end()), report.in_use.end());
-    std::sort(report.holders.begin(), report.holders.end(), [](const InUseHolder& a, const InUseHolder& b) {
-      return std::tie(a.path, a.pid) < std::tie(b.path, b.pid);
-    });
+    report.in_use.erase(std::unique(report.in_use.begin(), report.in_use.end()),
+                        report.in_use.end());
+    std::sort(report.holders.begin(), report.holders.end(),
+              [](const InUseHolder& a, const InUseHolder& b) {
+                return std::tie(a.path, a.pid) < std::tie(b.path, b.pid);
+              });
     if (!problems.empty()) {
       report.complete = false;
       report.incomplete_reason = "proc probe could not inspect everything: ";

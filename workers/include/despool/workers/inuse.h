@@ -18,15 +18,15 @@ namespace despool::workers {
 
 struct InUseHolder {
   std::int64_t pid = 0;
-  std::string command;   // /proc/<pid>/comm, may be empty
-  std::string path;      // relative to the package directory
+  std::string command;  // /proc/<pid>/comm, may be empty
+  std::string path;     // relative to the package directory
 };
 
 struct InUseReport {
-  std::vector<std::string> in_use;       // relative paths found in use, sorted, unique
-  std::vector<InUseHolder> holders;      // where the probe can name them (may be empty)
-  bool complete = true;                  // false: some file or process could not be inspected
-  std::string incomplete_reason;         // what could not be seen, when !complete
+  std::vector<std::string> in_use;   // relative paths found in use, sorted, unique
+  std::vector<InUseHolder> holders;  // where the probe can name them (may be empty)
+  bool complete = true;              // false: some file or process could not be inspected
+  std::string incomplete_reason;     // what could not be seen, when !complete
 };
 
 // Paths: each rel path is opened component by component below package_dirfd, never following a
@@ -44,7 +44,8 @@ class InUseProbe {
   // rel_paths: the regular files to check, relative to it (the files a refresh would replace
   // or remove; or every file, for the "any open file blocks" option).
   // An error means the probe could not run at all (the caller may fall back to another probe).
-  virtual Result<InUseReport> Check(int package_dirfd, const std::vector<std::string>& rel_paths) = 0;
+  virtual Result<InUseReport> Check(int package_dirfd,
+                                    const std::vector<std::string>& rel_paths) = 0;
 };
 
 // Write-lease probe: fcntl(F_SETLEASE, F_WRLCK) is granted only when no other descriptor (and no
