@@ -207,15 +207,30 @@ std::string InUseText(const msg::JobInfo& job) {
 }
 
 std::string JobDetail(const msg::JobInfo& job, std::int64_t now_ms) {
+  // The broker keeps the last deferral's in-use files and error on a job that moved on: show
+  // them only where they explain the state (waiting for a retry, or dead).
+  const bool waiting = job.state == msg::JobState::kDeferred;
+  const bool failed = job.state == msg::JobState::kDead || job.state == msg::JobState::kCancelled;
   std::vector<std::string> parts;
-  if (job.state == msg::JobState::kDeferred && job.next_attempt_at_ms) {
-    parts.push_back(*job.next_attempt_at_ms > now_ms ? "retry " + FormatRelative(now_ms, *job.next_attempt_at_ms)
-                                                     : "retry due now");
+  if (waiting && job.next_attempt_at_ms) {
+    const std::int64_t left = *job.next_attempt_at_ms - now_ms;
+    parts.push_back(left >= 1000 ? "retry " + FormatRelative(now_ms, *job.next_attempt_at_ms)
+                    : left > 0   ? std::string("retry in <1s")
+                                 : std::string("retry due now"));
   }
-  if (job.attempts > 0) parts.push_back(Plural(job.attempts, "attempt"));
-  if (auto in_use = InUseText(job); !in_use.empty()) parts.push_back(in_use);
+  if (job.attempts > 0 && !msg::IsTerminal(job.state)) parts.push_back(Plural(job.attempts, "attempt"));
+  if (job.attempts > 0 && job.state == msg::JobState::kDead) parts.push_back("after " + Plural(job.attempts, "attempt"));
+  if (waiting || job.state == msg::JobState::kDead) {
+    if (auto in_use = InUseText(job); !in_use.empty()) parts.push_back(in_use);
+  }
   if (job.state == msg::JobState::kRunning && job.worker) parts.push_back("on " + *job.worker);
-  if (job.last_error && !job.last_error->empty()) parts.push_back("error: " + OneLine(*job.last_error));
+  if ((waiting || failed) && job.last_error && !job.last_error->empty()) {
+    parts.push_back("error: " + OneLine(*job.last_error));
+  }
+  if (job.state == msg::JobState::kApplied && job.stats) {
+    parts.push_back(std::to_string(job.stats->files_copied) + " of " + std::to_string(job.stats->files_total) +
+                    " files copied (" + HumanBytes(job.stats->bytes_copied) + ")");
+  }
   if (job.report) {
     parts.push_back(std::to_string(job.report->missing.size()) + " missing, " +
                     std::to_string(job.report->extra.size()) + " extra, " +
