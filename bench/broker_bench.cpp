@@ -5,7 +5,8 @@
 // PRAGMAs in force and where the broker loop spent its time.
 //
 //   broker_bench [--instructions N] [--publishers P] [--inflight K] [--workers W]
-//                [--sync full|normal] [--dir DIR] [--rate R]
+//                [--capacity C] [--sync full|normal] [--dir DIR] [--rate R]
+//   broker_bench --deferred-scale --instructions 1000000 --defer-base-s 300
 //
 // --rate R paces submits to R instructions/s in total (latency at a given load); 0 = flat out.
 // The broker runs in-process on its own thread with its own ZeroMQ context, on loopback TCP.
@@ -17,6 +18,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
@@ -43,6 +46,10 @@ struct Options {
   bool sync_full = true;
   std::string dir;
   double rate = 0;
+  // --deferred-scale: every job's first run is deferred (retry after --defer-base), then the
+  // broker restarts with all of them pending; reports RSS, restart time and due lateness.
+  bool deferred_scale = false;
+  std::uint64_t defer_base_ms = 120'000;
 };
 
 std::string Frame(msg::Body body, std::uint64_t id = 0) {
@@ -60,14 +67,16 @@ std::optional<msg::Envelope> DecodeMsg(const zmq::message_t& m) {
 // 4 workers on one thread: register, heartbeat, answer every dispatch up-to-date at once.
 void RunWorkers(const Options& o, const std::string& endpoint, std::atomic<bool>& stop,
                 std::atomic<std::uint64_t>& answered) {
+  auto reg = [&](int i) {
+    return Frame(msg::Register{std::string("bench-").append(std::to_string(i)), {"bench"}, o.worker_capacity});
+  };
   zmq::context_t ctx(1);
   std::vector<zmq::socket_t> socks;
   for (int i = 0; i < o.workers; ++i) {
     socks.emplace_back(ctx, zmq::socket_type::dealer);
     socks.back().set(zmq::sockopt::linger, 0);
     socks.back().connect(endpoint);
-    socks.back().send(zmq::buffer(Frame(msg::Register{std::string("bench-").append(std::to_string(i)), {"bench"}, o.worker_capacity})),
-                      zmq::send_flags::none);
+    socks.back().send(zmq::buffer(reg(i)), zmq::send_flags::none);
   }
   auto last_hb = Clock::now();
   std::vector<zmq_pollitem_t> items(socks.size());
@@ -86,8 +95,16 @@ void RunWorkers(const Options& o, const std::string& endpoint, std::atomic<bool>
           r.attempt = d->attempt;
           r.outcome = msg::Outcome::kUpToDate;
           r.installed_version = d->version;
+          if (o.deferred_scale && d->attempt == 1) {
+            r.outcome = msg::Outcome::kDeferred;
+            r.installed_version.reset();
+            r.in_use = {"bin/tool.exe"};
+          }
           socks[i].send(zmq::buffer(Frame(r)), zmq::send_flags::none);
           answered.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (std::holds_alternative<msg::Disconnect>(e->body)) {
+          socks[i].send(zmq::buffer(reg(static_cast<int>(i))), zmq::send_flags::none);
         }
       }
     }
@@ -165,8 +182,8 @@ void RunPublishers(const Options& o, const std::string& endpoint, PublisherResul
   }
 }
 
-// Waits until `n` jobs ended up-to-date, asking the broker's stats.
-Clock::time_point WaitAllTerminal(const std::string& endpoint, std::uint64_t n) {
+// Asks the broker's stats until `done(stats)` holds; returns when it did.
+Clock::time_point WaitStats(const std::string& endpoint, const std::function<bool(const msg::StatsReply&)>& done) {
   zmq::context_t ctx(1);
   zmq::socket_t s(ctx, zmq::socket_type::dealer);
   s.set(zmq::sockopt::linger, 0);
@@ -181,17 +198,117 @@ Clock::time_point WaitAllTerminal(const std::string& endpoint, std::uint64_t n) 
       if (e && e->request_id == id) {
         const auto now = Clock::now();
         if (auto* st = std::get_if<msg::StatsReply>(&e->body)) {
-          std::uint64_t done = 0;
-          for (const auto& c : st->jobs_by_state) {
-            if (msg::IsTerminal(c.state)) done += c.count;
-          }
-          if (done >= n) return now;
+          if (done(*st)) return now;
         }
         break;
       }
     }
     std::this_thread::sleep_for(5ms);
   }
+}
+
+Clock::time_point WaitAllTerminal(const std::string& endpoint, std::uint64_t n) {
+  return WaitStats(endpoint, [n](const msg::StatsReply& st) {
+    std::uint64_t done = 0;
+    for (const auto& c : st.jobs_by_state) {
+      if (msg::IsTerminal(c.state)) done += c.count;
+    }
+    return done >= n;
+  });
+}
+
+// VmRSS / VmHWM of this process in MiB.
+std::pair<double, double> RssMiB() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  double rss = 0, hwm = 0;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) rss = std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind("VmHWM:", 0) == 0) hwm = std::stod(line.substr(6)) / 1024.0;
+  }
+  return {rss, hwm};
+}
+
+// A broker on its own thread, stopped through a pipe.
+class RunningBroker {
+ public:
+  Status Start(const broker::BrokerSettings& s) {
+    auto store = broker::OpenSqliteStore(s.store_path, s.store);
+    if (!store.ok()) return store.take_error();
+    pragmas = (*store)->Describe();
+    b = std::make_unique<broker::Broker>(s, std::move(store).value());
+    DESPOOL_RETURN_IF_ERROR(b->Start());
+    if (::pipe(pipe_) != 0) return MakeError(ErrorCode::kIo, "pipe");
+    thread_ = std::thread([this] { status = b->Run(pipe_[0]); });
+    return Status::Ok();
+  }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    if (::write(pipe_[1], "x", 1) != 1) std::abort();
+    thread_.join();
+    ::close(pipe_[0]);
+    ::close(pipe_[1]);
+  }
+  ~RunningBroker() { Stop(); }
+
+  std::unique_ptr<broker::Broker> b;
+  std::vector<std::string> pragmas;
+  Status status;
+
+ private:
+  int pipe_[2] = {-1, -1};
+  std::thread thread_;
+};
+
+int DeferredScale(Options o, broker::BrokerSettings s) {
+  s.core.default_policy.retry_base_ms = o.defer_base_ms;
+  s.core.default_policy.retry_max_ms = o.defer_base_ms;
+  auto first = std::make_unique<RunningBroker>();
+  if (Status st = first->Start(s); !st.ok()) {
+    std::fprintf(stderr, "start: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  const auto eps = first->b->endpoints();
+  std::atomic<bool> stop_workers{false};
+  std::atomic<std::uint64_t> answered{0};
+  std::thread workers([&] { RunWorkers(o, eps.backend, stop_workers, answered); });
+  PublisherResult pr;
+  RunPublishers(o, eps.frontend, pr);
+  const auto all_deferred = WaitStats(eps.frontend, [&](const msg::StatsReply& st) { return st.retry_backlog >= o.instructions; });
+  const double fill_s = std::chrono::duration<double>(all_deferred - pr.first_submit).count();
+  const auto [rss1, hwm1] = RssMiB();
+  const auto m1 = first->b->metrics();
+  first->Stop();
+  first.reset();
+  // Restart on the same store and the same endpoints (the workers reconnect and re-register).
+  s.frontend = eps.frontend;
+  s.backend = eps.backend;
+  s.events = eps.events;
+  RunningBroker second;
+  const auto t0 = Clock::now();
+  if (Status st = second.Start(s); !st.ok()) {
+    std::fprintf(stderr, "restart: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  const double restart_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto [rss2, hwm2] = RssMiB();
+  WaitAllTerminal(eps.frontend, o.instructions);
+  stop_workers = true;
+  workers.join();
+  second.Stop();
+  const auto m2 = second.b->metrics();
+  std::printf("broker_bench --deferred-scale: %llu jobs deferred once (retry after %.0f s), then up-to-date\n",
+              static_cast<unsigned long long>(o.instructions), static_cast<double>(o.defer_base_ms) / 1000.0);
+  std::printf("  created and deferred through the frontend/backend in %.1f s (%.0f jobs/s)\n", fill_s,
+              static_cast<double>(o.instructions) / fill_s);
+  std::printf("  process RSS with all deferred: %.0f MiB (peak %.0f MiB); broker holds %llu active jobs\n", rss1, hwm1,
+              static_cast<unsigned long long>(m1.active_jobs));
+  std::printf("  restart (open store, load, rebuild timers, bind): %.2f s; RSS after restart %.0f MiB (peak %.0f)\n",
+              restart_s, rss2, hwm2);
+  std::printf("  due retries after restart: %llu, lateness p50 %lld ms, p99 %lld ms, max %lld ms\n",
+              static_cast<unsigned long long>(m2.due_retries), static_cast<long long>(m2.due_lateness_p50_ms),
+              static_cast<long long>(m2.due_lateness_p99_ms), static_cast<long long>(m2.due_lateness_max_ms));
+  return second.status.ok() ? 0 : 1;
 }
 
 double Percentile(std::vector<double>& v, double p) {
@@ -216,9 +333,12 @@ int main(int argc, char** argv) {
     else if (a == "--sync") o.sync_full = next() != "normal";
     else if (a == "--dir") o.dir = next();
     else if (a == "--rate") o.rate = std::stod(next());
+    else if (a == "--deferred-scale") o.deferred_scale = true;
+    else if (a == "--defer-base-s") o.defer_base_ms = std::stoull(next()) * 1000;
     else {
       std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
-                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R]\n", argv[0]);
+                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--deferred-scale [--defer-base-s S]]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -239,6 +359,14 @@ int main(int argc, char** argv) {
   s.store_path = o.dir + "/broker.db";
   s.store.sync = o.sync_full ? broker::SyncMode::kFull : broker::SyncMode::kNormal;
   s.core.dps = {"bench"};
+  if (o.deferred_scale) {
+    const int rc = DeferredScale(o, s);
+    if (own_dir) {
+      std::error_code ec;
+      std::filesystem::remove_all(o.dir, ec);
+    }
+    return rc;
+  }
   auto store = broker::OpenSqliteStore(s.store_path, s.store);
   if (!store.ok()) {
     std::fprintf(stderr, "store: %s\n", store.error().message.c_str());

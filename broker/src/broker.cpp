@@ -138,7 +138,18 @@ class Broker::Impl {
     return Status::Ok();
   }
 
-  LoopMetrics metrics() const { return m_; }
+  LoopMetrics metrics() const {
+    LoopMetrics m = m_;
+    if (core_) {
+      const auto& h = core_->DueLateness();
+      m.active_jobs = core_->ActiveJobs();
+      m.due_retries = h.count;
+      m.due_lateness_p50_ms = h.Quantile(0.50);
+      m.due_lateness_p99_ms = h.Quantile(0.99);
+      m.due_lateness_max_ms = h.Quantile(1.0);
+    }
+    return m;
+  }
 
   Status Run(int stop_fd) {
     bool stopping = false;

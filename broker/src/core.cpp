@@ -649,6 +649,7 @@ void Core::Tick(std::int64_t now_ms) {
     auto it = active_.find(id);
     if (it == active_.end() || it->second.info.state != JobState::kDeferred) continue;
     if (it->second.info.next_attempt_at_ms.value_or(due) != due) continue;  // rescheduled
+    lateness_.Add(now_ms - due);
     Enqueue(it->second, now_ms);
   }
   // Liveness.

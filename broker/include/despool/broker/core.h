@@ -18,6 +18,8 @@
 //    without counting an attempt.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -90,6 +92,27 @@ class Core {
   bool DpOnline(const std::string& dp) const;
   std::uint64_t LastEventSeq() const { return last_event_seq_; }
   std::size_t ActiveJobs() const { return active_.size(); }
+
+  // How late due retries became queued (ms after their due time), for benchmarks.
+  struct LatenessHistogram {
+    std::array<std::uint64_t, 1001> ms{};   // [0..1000] ms; the last bucket holds >= 1000
+    std::uint64_t count = 0;
+    void Add(std::int64_t late_ms) {
+      ++count;
+      ++ms[static_cast<std::size_t>(std::clamp<std::int64_t>(late_ms, 0, 1000))];
+    }
+    // The smallest lateness (ms) that `q` (0..1) of the samples do not exceed.
+    std::int64_t Quantile(double q) const {
+      std::uint64_t seen = 0;
+      const auto want = static_cast<std::uint64_t>(q * static_cast<double>(count));
+      for (std::size_t i = 0; i < ms.size(); ++i) {
+        seen += ms[i];
+        if (seen > want || (seen == count && seen > 0)) return static_cast<std::int64_t>(i);
+      }
+      return 0;
+    }
+  };
+  const LatenessHistogram& DueLateness() const { return lateness_; }
   const JobRecord* FindActive(const std::string& id) const;
 
  private:
@@ -161,6 +184,7 @@ class Core {
   std::map<std::string, std::int64_t> orphans_;                // running job id -> requeue at
   std::map<std::string, Worker> workers_;                      // by peer
 
+  LatenessHistogram lateness_;
   WriteBatch batch_;
   std::vector<ToWorker> outbox_;
   std::vector<msg::Event> events_;
