@@ -190,13 +190,21 @@ Result<WaitResult> WaitForJobs(Ctx& ctx, EventFollower& follower, const std::vec
     pending.insert(r.id);
   }
   std::map<std::string, std::pair<msg::JobState, std::uint32_t>> printed;
-  auto consider = [&](const msg::JobInfo& job) {
+  // Events arrive in seq order; a status reply is a snapshot that may be ahead of the events
+  // still queued, with the same millisecond timestamps. Events drive the report; a snapshot is
+  // reported only for states an event might never show (terminal, deferred) and only when
+  // strictly newer, so lines never go backwards.
+  auto consider = [&](const msg::JobInfo& job, bool from_event) {
     auto it = latest.find(job.id);
     if (it == latest.end()) return;
-    // Events and status replies may arrive out of order: never go back to an older update.
-    if (it->second && it->second->updated_at_ms > job.updated_at_ms) return;
+    if (it->second) {
+      if (msg::IsTerminal(it->second->state)) return;  // final for this wait
+      if (it->second->updated_at_ms > job.updated_at_ms) return;
+      if (!from_event && it->second->updated_at_ms == job.updated_at_ms) return;
+    }
     it->second = job;
-    if (human) {
+    const bool report = from_event || msg::IsTerminal(job.state) || job.state == msg::JobState::kDeferred;
+    if (human && report) {
       auto key = std::make_pair(job.state, job.attempts);
       auto p = printed.find(job.id);
       if (p == printed.end() || p->second != key) {
@@ -213,7 +221,7 @@ Result<WaitResult> WaitForJobs(Ctx& ctx, EventFollower& follower, const std::vec
       req.job_id = id;
       auto r = ctx.client.Status(req, ctx.timeout);
       if (!r.ok()) return r.take_error();
-      for (const auto& j : *r) consider(j);
+      for (const auto& j : *r) consider(j, false);
     }
     return {};
   };
@@ -237,7 +245,7 @@ Result<WaitResult> WaitForJobs(Ctx& ctx, EventFollower& follower, const std::vec
     if (ev->has_value()) {
       const auto& e = **ev;
       if (e.kind == msg::EventKind::kState && latest.count(e.job.id)) {
-        consider(e.job);
+        consider(e.job, true);
         last_news = Clock::now();
       }
     } else if (Clock::now() - last_news >= Millis{5000}) {
