@@ -347,7 +347,8 @@ std::string EventLine(const msg::Event& e, std::int64_t now_ms) {
   s += " ";
   s += msg::ToString(j.state);
   if (j.kind == msg::JobKind::kVerify) s += " (verify)";
-  if (auto d = JobDetail(j, now_ms); !d.empty()) s += ": " + d;
+  // Relative times are relative to the event, so replayed events read as they did live.
+  if (auto d = JobDetail(j, e.at_ms ? e.at_ms : now_ms); !d.empty()) s += ": " + d;
   return s;
 }
 
