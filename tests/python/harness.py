@@ -44,16 +44,21 @@ class Broker:
         self.proc = None
         self.frontend = self.backend = self.events = None
 
-    def start(self):
+    def start(self, same_endpoints=False):
+        """Starts the broker; same_endpoints=True restarts it on the ports it had (same store)."""
         config = os.path.join(self.dir, "broker.toml")
         with open(config, "w") as f:
             f.write('[dps]\nnames = ["lab1", "lab2"]\n[dp_groups]\nboth = ["lab1", "lab2"]\n')
         ep_file = os.path.join(self.dir, "endpoints")
-        self.log = open(os.path.join(self.dir, "broker.log"), "w")
+        if os.path.exists(ep_file):
+            os.remove(ep_file)
+        eps = ((self.frontend, self.backend, self.events) if same_endpoints
+               else ("tcp://127.0.0.1:*",) * 3)
+        self.log = open(os.path.join(self.dir, "broker.log"), "a")
         self.proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "despool-broker"), "--config", config,
-             "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
-             "--events", "tcp://127.0.0.1:*", "--store", os.path.join(self.dir, "data", "broker.db"),
+             "--frontend", eps[0], "--backend", eps[1],
+             "--events", eps[2], "--store", os.path.join(self.dir, "data", "broker.db"),
              "--endpoints-file", ep_file, "--log-level", "debug"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -79,6 +84,19 @@ class Broker:
                 return f.read()[-4000:]
         except OSError:
             return ""
+
+    def kill(self):
+        """Stops the process only (store and directory stay, for a restart)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+            self.proc = None
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:

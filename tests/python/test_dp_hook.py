@@ -35,9 +35,10 @@ class DpHookTest(unittest.TestCase):
         self.broker.stop()
         subprocess.run(["rm", "-rf", self.dir])
 
-    def start_hook(self):
+    def start_hook(self, *extra):
         self.hook = subprocess.Popen(
             ["/usr/bin/python3", HOOK, "--dp", "lab1", "--root", "/srv/dp/lab1", "--state-file", self.state,
+             *extra,
              "--broker", self.broker.frontend, "--events", self.broker.events, "--",
              "/usr/bin/python3", "-c", RECORDER, self.log],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,6 +102,26 @@ class DpHookTest(unittest.TestCase):
         ids = [f["DESPOOL_JOB_ID"] for f in self.fired()]
         self.assertEqual(ids, [a1, b1, a2, s1, missed, s2])
         self.assertEqual(len(set(ids)), len(ids))
+
+    def test_survives_a_broker_restart(self):
+        self.start_hook("--timeout", "1")
+        self.assertTrue(wait_for(lambda: os.path.exists(self.state), 20))
+        a = self.submit_applied("app", 1)
+        self.wait_fired(1)
+        # The broker goes away and comes back on the same endpoints with the same store.
+        self.client.close()
+        self.broker.kill()
+        self.broker.start(same_endpoints=True)
+        self.client = despool.Client(self.broker.frontend, timeout=10)
+        # The scripted worker re-registers when the new broker tells it to (disconnect).
+        b = None
+        ok = wait_for(lambda: self.client.stats().get("workers", 0) >= 1, 30)
+        self.assertTrue(ok, "the worker did not come back")
+        b = self.submit_applied("app", 2)
+        self.wait_fired(2)
+        s = self.submit_applied("sentinel", 1)
+        self.wait_fired(3)
+        self.assertEqual([f["DESPOOL_JOB_ID"] for f in self.fired()], [a, b, s])
 
     def test_needs_a_command_and_a_dp(self):
         r = subprocess.run(["/usr/bin/python3", HOOK, "--dp", "lab1"], capture_output=True, text=True, timeout=30)
