@@ -1,0 +1,453 @@
+// engine_bench: the refresh engine against cp -a and rsync, and the in-use probes against fuser.
+//
+// Prints figures; not a test. Default workload (issue 4): 10,000 files / ~1 GiB in 100
+// directories, lognormal sizes 4 KiB..10 MiB, incompressible. Smaller runs:
+//   engine_bench --files 2000 --total-mib 200
+// Flags: --files N  --total-mib M  --dirs D  --changed-pct P (default 1)  --dir PATH (work dir on
+// the filesystem to measure; default $TMPDIR)  --keep (leave the work dir)  --no-cold.
+//
+// Refresh time runs from the call to its return (every fsync and the retiring of the old tree
+// included); cp/rsync are timed with and without a following `sync`. Bytes written come from
+// /proc/self/io write_bytes (children's counters are added to ours when they are reaped, so the
+// same counter covers cp and rsync). Cold runs drop the page cache first
+// (`sync; echo 3 > /proc/sys/vm/drop_caches`) when permitted. A run counts only if the result
+// equals the source (paths, types, sizes, modes, mtimes, symlink targets, content hashes).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "despool/workers/engine.h"
+#include "despool/workers/inuse.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using despool::workers::Engine;
+
+namespace {
+
+struct Flags {
+  int files = 10000;
+  std::uint64_t total_mib = 1024;
+  int dirs = 100;
+  double changed_pct = 1.0;
+  std::string dir;
+  bool keep = false;
+  bool cold = true;
+};
+
+double Secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::uint64_t WriteBytes() {
+  std::ifstream in("/proc/self/io");
+  std::string key;
+  std::uint64_t v = 0;
+  while (in >> key >> v) {
+    if (key == "write_bytes:") return v;
+  }
+  return 0;
+}
+
+int Sh(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  if (rc != 0) std::fprintf(stderr, "command failed (%d): %s\n", rc, cmd.c_str());
+  return rc;
+}
+
+bool DropCaches() {
+  ::sync();
+  int fd = ::open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, "3\n", 2) == 2;
+  ::close(fd);
+  return ok;
+}
+
+void FillRandom(std::mt19937_64& rng, std::vector<char>* buf) {
+  auto* p = reinterpret_cast<std::uint64_t*>(buf->data());
+  for (size_t i = 0; i < buf->size() / 8; ++i) p[i] = rng();
+}
+
+void WriteRandomFile(const std::string& path, std::uint64_t size, std::mt19937_64& rng,
+                     std::vector<char>& buf, time_t mtime) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    std::perror(path.c_str());
+    std::exit(1);
+  }
+  std::uint64_t left = size;
+  while (left > 0) {
+    FillRandom(rng, &buf);
+    size_t n = static_cast<size_t>(std::min<std::uint64_t>(left, buf.size()));
+    if (::write(fd, buf.data(), n) != static_cast<ssize_t>(n)) {
+      std::perror("write");
+      std::exit(1);
+    }
+    left -= n;
+  }
+  struct timespec ts[2] = {{0, UTIME_OMIT}, {mtime, 0}};
+  ::futimens(fd, ts);
+  ::close(fd);
+}
+
+struct Package {
+  std::vector<std::string> rel;
+  std::vector<std::uint64_t> size;
+  std::uint64_t total = 0;
+};
+
+Package Generate(const Flags& f, const std::string& dir) {
+  std::mt19937_64 rng(42);
+  std::lognormal_distribution<double> dist(0.0, 1.5);
+  std::vector<double> raw(static_cast<size_t>(f.files));
+  double sum = 0;
+  for (auto& r : raw) sum += (r = dist(rng));
+  const double target = static_cast<double>(f.total_mib) * 1024 * 1024;
+  Package p;
+  for (int i = 0; i < f.files; ++i) {
+    double s = raw[static_cast<size_t>(i)] / sum * target;
+    auto size = static_cast<std::uint64_t>(std::clamp(s, 4096.0, 10.0 * 1024 * 1024));
+    p.rel.push_back("dir" + std::to_string(i % f.dirs) + "/file" + std::to_string(i) + ".bin");
+    p.size.push_back(size);
+    p.total += size;
+  }
+  std::vector<char> buf(1 << 20);
+  for (int d = 0; d < f.dirs; ++d) fs::create_directories(dir + "/dir" + std::to_string(d));
+  for (size_t i = 0; i < p.rel.size(); ++i) {
+    WriteRandomFile(dir + "/" + p.rel[i], p.size[i], rng, buf, 1700000000);
+  }
+  return p;
+}
+
+// Tree fingerprint: path -> type/size/mode/mtime/content hash (or link target).
+std::map<std::string, std::string> Fingerprint(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  std::vector<char> buf(1 << 20);
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator();
+       ++it) {
+    struct stat st;
+    ::lstat(it->path().c_str(), &st);
+    std::string v = std::to_string(st.st_mode) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
+                    std::to_string(st.st_mtim.tv_nsec);
+    if (S_ISREG(st.st_mode)) {
+      v += " " + std::to_string(st.st_size);
+      int fd = ::open(it->path().c_str(), O_RDONLY | O_CLOEXEC);
+      XXH3_state_t* s = XXH3_createState();
+      XXH3_64bits_reset(s);
+      ssize_t n;
+      while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
+        XXH3_64bits_update(s, buf.data(), static_cast<size_t>(n));
+      }
+      ::close(fd);
+      v += " " + std::to_string(XXH3_64bits_digest(s));
+      XXH3_freeState(s);
+    } else if (S_ISLNK(st.st_mode)) {
+      v += " -> " + fs::read_symlink(it->path()).string();
+    }
+    out[it->path().lexically_relative(dir).string()] = v;
+  }
+  return out;
+}
+
+struct Row {
+  std::string name;
+  double secs = 0, secs_sync = -1;
+  std::uint64_t bytes = 0;
+  bool valid = false;
+  std::string note;
+};
+
+void Print(const std::string& title, const std::vector<Row>& rows, double ref) {
+  std::printf("\n%s\n", title.c_str());
+  std::printf("  %-34s %9s %11s %12s %8s  %s\n", "method", "time s", "+sync s", "written MiB",
+              "vs ours", "result");
+  for (const auto& r : rows) {
+    char sync_col[32] = "-";
+    if (r.secs_sync >= 0) std::snprintf(sync_col, sizeof sync_col, "%.3f", r.secs_sync);
+    double t = r.secs_sync >= 0 ? r.secs_sync : r.secs;
+    std::printf("  %-34s %9.3f %11s %12.1f %7.2fx  %s%s\n", r.name.c_str(), r.secs, sync_col,
+                static_cast<double>(r.bytes) / 1048576.0, ref > 0 ? t / ref : 0.0,
+                r.valid ? "ok" : "MISMATCH (run does not count)", r.note.c_str());
+  }
+}
+
+std::string Q(const std::string& s) { return "'" + s + "'"; }
+
+// Runs a shell command; time alone and time including a following sync.
+Row Tool(const std::string& name, const std::string& cmd, const std::string& result,
+         const std::map<std::string, std::string>& want) {
+  Row r;
+  r.name = name;
+  ::sync();
+  auto w0 = WriteBytes();
+  auto t0 = Clock::now();
+  Sh(cmd);
+  auto t1 = Clock::now();
+  ::sync();
+  auto t2 = Clock::now();
+  r.bytes = WriteBytes() - w0;
+  r.secs = Secs(t1 - t0);
+  r.secs_sync = Secs(t2 - t0);
+  r.valid = Fingerprint(result) == want;
+  return r;
+}
+
+Row Ours(Engine& engine, const std::string& name, const std::string& root, std::uint64_t version,
+         const std::string& src, const std::map<std::string, std::string>& want) {
+  Row r;
+  r.name = name;
+  ::sync();
+  despool::workers::RefreshRequest req;
+  req.dp_root = root;
+  req.package_id = "pkg";
+  req.version = version;
+  req.source_dir = src;
+  despool::workers::CancelToken cancel;
+  auto w0 = WriteBytes();
+  auto t0 = Clock::now();
+  auto out = engine.Refresh(req, nullptr, cancel);
+  auto t1 = Clock::now();
+  r.bytes = WriteBytes() - w0;
+  r.secs = Secs(t1 - t0);
+  if (out.kind != despool::workers::OutcomeKind::kApplied) {
+    r.note = std::string(" (") + despool::workers::OutcomeKindName(out.kind) + ": " +
+             out.message + ")";
+    return r;
+  }
+  const auto& s = out.stats;
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "\n      copied %llu files / %.1f MiB, linked %llu; scan %.3f stage %.3f sync %.3f "
+                "in-use %.3f switch %.3f retire %.3f",
+                static_cast<unsigned long long>(s.files_copied),
+                static_cast<double>(s.bytes_copied) / 1048576.0,
+                static_cast<unsigned long long>(s.files_linked), Secs(s.scan), Secs(s.stage),
+                Secs(s.sync), Secs(s.in_use_check), Secs(s.switch_time), Secs(s.retire));
+  r.note = buf;
+  r.valid = Fingerprint(root + "/pkg") == want;
+  return r;
+}
+
+void InUseBench(const std::string& live, const Package& p) {
+  std::mt19937_64 rng(7);
+  size_t held = std::uniform_int_distribution<size_t>(0, p.rel.size() - 1)(rng);
+  std::string held_path = live + "/" + p.rel[held];
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) return;
+  pid_t child = ::fork();
+  if (child == 0) {
+    int fd = ::open(held_path.c_str(), O_RDONLY);
+    (void)fd;
+    char c = 'R';
+    if (::write(ready[1], &c, 1) != 1) ::_exit(1);
+    for (;;) ::pause();
+  }
+  ::close(ready[1]);
+  char c;
+  if (::read(ready[0], &c, 1) != 1) return;
+  ::close(ready[0]);
+  int dirfd = ::open(live.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  std::printf("\nIn-use check over %zu files, one held open at index %zu (%s)\n", p.rel.size(), held,
+              p.rel[held].c_str());
+  auto run = [&](const char* name, despool::workers::InUseProbe& probe) {
+    double best = 1e9;
+    bool named = false;
+    std::string detail;
+    for (int i = 0; i < 3; ++i) {
+      auto t0 = Clock::now();
+      auto r = probe.Check(dirfd, p.rel);
+      best = std::min(best, Secs(Clock::now() - t0));
+      if (!r.ok()) {
+        detail = r.error().ToString();
+        continue;
+      }
+      named = std::find(r->in_use.begin(), r->in_use.end(), p.rel[held]) != r->in_use.end() &&
+              r->in_use.size() == 1;
+      detail = r->holders.empty() ? "" : " holder pid " + std::to_string(r->holders[0].pid);
+    }
+    std::printf("  %-22s %8.1f ms  %s%s\n", name, best * 1000, named ? "names the file" : "WRONG",
+                detail.c_str());
+    return best;
+  };
+  auto lease = despool::workers::MakeLeaseProbe();
+  auto proc = despool::workers::MakeProcProbe();
+  auto autop = despool::workers::MakeAutoProbe();
+  double t_lease = run("lease probe", *lease);
+  run("/proc probe", *proc);
+  double t_auto = run("auto (lease + /proc)", *autop);
+  // fuser -s with every file as an argument.
+  std::vector<std::string> args = {"fuser", "-s"};
+  for (const auto& r : p.rel) args.push_back(live + "/" + r);
+  double best = 1e9;
+  int status = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto t0 = Clock::now();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      int devnull = ::open("/dev/null", O_WRONLY);
+      ::dup2(devnull, 2);  // fuser complains about every /proc/<pid>/fd it may not read
+      ::execvp("fuser", argv.data());
+      ::_exit(127);
+    }
+    ::waitpid(pid, &status, 0);
+    best = std::min(best, Secs(Clock::now() - t0));
+  }
+  std::printf("  %-22s %8.1f ms  %s\n", "fuser -s", best * 1000,
+              WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "found a user (cannot name it with -s)"
+                                                            : "WRONG");
+  std::printf("  lease probe is %.1fx faster than fuser; auto %.1fx\n", best / t_lease, best / t_auto);
+  ::close(dirfd);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--files") f.files = std::stoi(next());
+    else if (a == "--total-mib") f.total_mib = std::stoull(next());
+    else if (a == "--dirs") f.dirs = std::stoi(next());
+    else if (a == "--changed-pct") f.changed_pct = std::stod(next());
+    else if (a == "--dir") f.dir = next();
+    else if (a == "--keep") f.keep = true;
+    else if (a == "--no-cold") f.cold = false;
+    else {
+      std::fprintf(stderr,
+                   "usage: engine_bench [--files N] [--total-mib M] [--dirs D] [--changed-pct P] "
+                   "[--dir PATH] [--keep] [--no-cold]\n");
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  if (f.files < 1 || f.dirs < 1) return 2;
+  if (!despool::workers::IgnoreLeaseBreakSignal().ok()) return 1;
+  std::string base = f.dir.empty() ? fs::temp_directory_path().string() : f.dir;
+  std::string tmpl = base + "/despool-bench-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    std::perror("mkdtemp");
+    return 1;
+  }
+  const std::string w = tmpl;
+  std::printf("engine_bench: %d files, ~%llu MiB in %d dirs, %.1f%% changed; work dir %s\n",
+              f.files, static_cast<unsigned long long>(f.total_mib), f.dirs, f.changed_pct,
+              w.c_str());
+
+  auto t_gen = Clock::now();
+  Package p = Generate(f, w + "/src1");
+  // v2: hard-linked copy of v1 with changed_pct% of the files rewritten (new content + mtime).
+  Sh("cp -al " + Q(w + "/src1") + " " + Q(w + "/src2"));
+  {
+    std::mt19937_64 rng(99);
+    std::vector<char> buf(1 << 20);
+    std::vector<size_t> idx(p.rel.size());
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+    std::shuffle(idx.begin(), idx.end(), rng);
+    size_t n = std::max<size_t>(1, static_cast<size_t>(static_cast<double>(idx.size()) * f.changed_pct / 100.0));
+    for (size_t k = 0; k < n; ++k) {
+      std::string path = w + "/src2/" + p.rel[idx[k]];
+      std::string tmp = path + ".new";
+      WriteRandomFile(tmp, p.size[idx[k]], rng, buf, 1800000000);
+      fs::rename(tmp, path);
+    }
+    for (int d = 0; d < f.dirs; ++d) {
+      struct timespec ts[2] = {{0, UTIME_OMIT}, {1650000000, 0}};
+      ::utimensat(AT_FDCWD, (w + "/src2/dir" + std::to_string(d)).c_str(), ts, 0);
+      ::utimensat(AT_FDCWD, (w + "/src1/dir" + std::to_string(d)).c_str(), ts, 0);
+    }
+    std::printf("generated %.1f MiB in %.1f s; %zu files changed in v2\n",
+                static_cast<double>(p.total) / 1048576.0, Secs(Clock::now() - t_gen), n);
+  }
+  auto want1 = Fingerprint(w + "/src1");
+  auto want2 = Fingerprint(w + "/src2");
+
+  bool can_cold = f.cold && DropCaches();
+  if (f.cold && !can_cold) std::printf("cold-cache runs skipped: drop_caches not permitted here\n");
+
+  for (int pass = 0; pass < (can_cold ? 2 : 1); ++pass) {
+    const bool cold = pass == 1;
+    const char* label = cold ? "cold" : "warm";
+    std::string r = w + "/" + label;
+    fs::create_directories(r + "/dp");
+    Engine engine;
+    auto prep = [&] {
+      if (cold) DropCaches();
+    };
+    // Full refresh.
+    std::vector<Row> full;
+    if (!cold) {
+      // Warm the source into the page cache.
+      Fingerprint(w + "/src1");
+    }
+    prep();
+    full.push_back(Ours(engine, "despool refresh (first install)", r + "/dp", 1, w + "/src1", want1));
+    prep();
+    full.push_back(Tool("cp -a", "cp -a " + Q(w + "/src1") + " " + Q(r + "/cp1"), r + "/cp1", want1));
+    prep();
+    full.push_back(Tool("rsync -a --delete --delay-updates",
+                        "rsync -a --delete --delay-updates " + Q(w + "/src1/") + " " + Q(r + "/rs1/"),
+                        r + "/rs1", want1));
+    prep();
+    full.push_back(Tool("rsync -a --delete (link-dest class)",
+                        "rsync -a --delete " + Q(w + "/src1/") + " " + Q(r + "/ld1/"), r + "/ld1",
+                        want1));
+    Print(std::string("Full refresh (") + label + " cache)", full, full[0].secs);
+
+    // Incremental refresh.
+    std::vector<Row> inc;
+    prep();
+    inc.push_back(Ours(engine, "despool refresh (incremental)", r + "/dp", 2, w + "/src2", want2));
+    prep();
+    inc.push_back(Tool("rsync -a --delete --delay-updates",
+                       "rsync -a --delete --delay-updates " + Q(w + "/src2/") + " " + Q(r + "/rs1/"),
+                       r + "/rs1", want2));
+    prep();
+    inc.push_back(Tool("rsync -a --delete --link-dest",
+                       "rsync -a --delete --link-dest=" + Q(r + "/ld1") + " " + Q(w + "/src2/") +
+                           " " + Q(r + "/ld2/"),
+                       r + "/ld2", want2));
+    prep();
+    inc.push_back(Tool("cp -a (full copy)", "cp -a " + Q(w + "/src2") + " " + Q(r + "/cp2"),
+                       r + "/cp2", want2));
+    Print(std::string("Incremental refresh, ") + std::to_string(f.changed_pct) + "% changed (" +
+              label + " cache)",
+          inc, inc[0].secs);
+    if (!cold) {
+      std::printf("  targets: >= 2x faster than rsync --delay-updates: %.2fx; >= 5x faster than "
+                  "rsync --link-dest: %.2fx\n",
+                  inc[1].secs / inc[0].secs, inc[2].secs / inc[0].secs);
+      std::printf("  full refresh vs cp -a + sync: %.2fx (target >= 1)\n",
+                  full[1].secs_sync / full[0].secs);
+      InUseBench(r + "/dp/pkg", p);
+    }
+  }
+  if (!f.keep) {
+    Sh("rm -rf " + Q(w));
+  }
+  return 0;
+}
