@@ -173,6 +173,34 @@ class ScriptedWorker:
             s.close(linger=0)
 
 
+class Worker:
+    """The real despool-worker serving {dp: root}."""
+
+    def __init__(self, backend, dps, log_dir, extra=()):
+        args = [os.path.join(BIN_DIR, "despool-worker"), "--broker", backend, "--name", "e2e-worker"]
+        for dp, root in dps.items():
+            os.makedirs(root, exist_ok=True)
+            args += ["--dp", "%s=%s" % (dp, root)]
+        args += list(extra)
+        self.log = open(os.path.join(log_dir, "worker.log"), "a")
+        self.log_path = self.log.name
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def read_log(self):
+        with open(self.log_path) as f:
+            return f.read()[-4000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 def despoolctl(*args, timeout=60):
     """Runs despoolctl; returns the CompletedProcess (text)."""
     return subprocess.run([os.path.join(BIN_DIR, "despoolctl")] + list(args), capture_output=True, text=True,
