@@ -25,7 +25,7 @@ std::string ProgressView::BarLine(const msg::JobInfo& job, const msg::Progress& 
     fraction = static_cast<double>(p.files_done) / static_cast<double>(p.files_total);
   }
   fraction = std::clamp(fraction, 0.0, 1.0);
-  constexpr int kWidth = 24;
+  constexpr int kWidth = 16;
   const int filled = static_cast<int>(fraction * kWidth + 0.5);
   char pct[8];
   std::snprintf(pct, sizeof pct, "%3d%%", static_cast<int>(fraction * 100.0 + 0.5));
