@@ -614,8 +614,9 @@ class Worker::Impl {
     StopPool();
     if (socket_) {
       Send(msg::Disconnect{"worker shutting down"});
-      // Give the disconnect a moment to leave; the broker's liveness check covers its loss.
-      socket_->set(zmq::sockopt::linger, 1000);
+      // Give the disconnect a moment to leave when the broker is there to take it; the
+      // broker's liveness check covers its loss.
+      socket_->set(zmq::sockopt::linger, registered_ ? 1000 : 0);
       CloseSocket();
     }
     log_->info("worker stopped name={} held_requeued={}", LogQuote(s_.name), held_.size());
