@@ -98,15 +98,31 @@ void MakePair(const std::string& v1, const std::string& v2) {
   SetMtime(v2, 1650000002);
 }
 
-void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action) {
-  std::string v1 = t->tmp / "v1", v2 = t->tmp / "v2";
+// with_spare: v0 was installed before v1, so the v2 staging starts from the retired v0 tree,
+// which has an extra file, an extra dir, and a file where v2 has a directory.
+void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
+                     bool with_spare = false) {
+  std::string v0 = t->tmp / "v0", v1 = t->tmp / "v1", v2 = t->tmp / "v2";
   MakePair(v1, v2);
+  if (with_spare) {
+    MakeVersion(v0, 0, TreeOptions{6, 2, true, false, 300});
+    WriteFile(v0 + "/added", "a file where v2 has a dir", 0644, 1700000000);
+    WriteFile(v0 + "/gone/old.txt", "only in v0", 0644, 1700000000);
+    WriteFile(v0 + "/d1/f1.bin", "v0 content", 0644, 1600000000);
+  }
   auto old_snap = Snap(v1), new_snap = Snap(v2);
   auto setup = [&](const std::string& root) {
     fs::create_directories(root);
+    if (with_spare) {
+      ASSERT_EQ(t->MakeEngine()->Refresh(Request(root, 0, v0), nullptr, t->cancel).kind,
+                OutcomeKind::kApplied);
+    }
     if (!first_install) {
       auto e = t->MakeEngine();
       ASSERT_EQ(e->Refresh(Request(root, 1, v1), nullptr, t->cancel).kind, OutcomeKind::kApplied);
+    }
+    if (with_spare) {
+      ASSERT_TRUE(fs::exists(root + "/.despool/staging/pkg@spare"));
     }
   };
   // Recording run: every call point.
@@ -170,6 +186,9 @@ TEST_F(CrashTest, CrashBeforeEveryOsCallOfAnIncrementalRefresh) {
 }
 TEST_F(CrashTest, CrashAfterEveryRenameAndUnlinkOfAnIncrementalRefresh) {
   CrashEverywhere(this, false, FaultRule::Action::kCrashAfter);
+}
+TEST_F(CrashTest, CrashBeforeEveryOsCallOfARefreshStagedFromTheSpareTree) {
+  CrashEverywhere(this, false, FaultRule::Action::kCrashBefore, /*with_spare=*/true);
 }
 TEST_F(CrashTest, CrashBeforeEveryOsCallOfAFirstInstall) {
   CrashEverywhere(this, true, FaultRule::Action::kCrashBefore);

@@ -109,6 +109,62 @@ TEST_F(EngineTest, IncrementalRefreshLinksUnchangedFiles) {
   EXPECT_EQ(Strays(root, "pkg"), "");
 }
 
+// Staging starts from the tree the previous switch retired; whatever it holds, the result must be
+// exactly the source, with unchanged files still sharing the live inode.
+TEST_F(EngineTest, SpareTreeIsReshapedExactly) {
+  auto e = MakeEngine();
+  std::vector<std::string> srcs;
+  for (int v = 1; v <= 5; ++v) srcs.push_back(tmp / ("v" + std::to_string(v)));
+  MakeVersion(srcs[0], 1);
+  for (int v = 2; v <= 5; ++v) {
+    const std::string& prev = srcs[static_cast<size_t>(v - 2)];
+    const std::string& cur = srcs[static_cast<size_t>(v - 1)];
+    fs::copy(prev, cur, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+    for (auto& [rel, node] : Snap(prev)) {
+      if (node.type != 'l') SetMtime(cur + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+    }
+  }
+  // v2: a file becomes a dir, a dir becomes a symlink, a mode changes.
+  fs::remove(srcs[1] + "/f3.bin");
+  WriteFile(srcs[1] + "/f3.bin/inner", "now a dir", 0600, 1800000000);
+  fs::remove_all(srcs[1] + "/empty");
+  fs::create_symlink("d2", srcs[1] + "/empty");
+  ::chmod((srcs[1] + "/d2/f5.bin").c_str(), 0600);
+  SetMtime(srcs[1] + "/d2/f5.bin", 1700000001);
+  // v3: back again, plus a new read-only dir.
+  fs::remove_all(srcs[2] + "/f3.bin");
+  WriteFile(srcs[2] + "/f3.bin", "a file again", 0644, 1800000002);
+  fs::remove(srcs[2] + "/empty");
+  fs::create_directories(srcs[2] + "/empty");
+  WriteFile(srcs[2] + "/ro/x", "x", 0444, 1800000003);
+  ::chmod((srcs[2] + "/ro").c_str(), 0555);
+  // v4: a symlink retargeted; v5: a file removed.
+  fs::remove(srcs[3] + "/d1/link-to-f0");
+  fs::create_symlink("f1.bin", srcs[3] + "/d1/link-to-f0");
+  fs::remove(srcs[4] + "/d1/f4.bin");
+  for (const auto& src : srcs) {
+    for (auto& [rel, node] : Snap(src)) {
+      if (node.type == 'd') SetMtime(src + "/" + rel, 1650000000 + static_cast<int>(rel.size()));
+    }
+  }
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    SCOPED_TRACE("version " + std::to_string(i + 1));
+    auto before = fs::exists(Live()) ? Snap(Live()) : Snapshot{};
+    auto out = Run(*e, i + 1, srcs[i]);
+    ASSERT_EQ(out.kind, OutcomeKind::kApplied) << out.message;
+    auto after = Snap(Live());
+    EXPECT_EQ(Diff(Snap(srcs[i]), after), "");
+    EXPECT_EQ(Strays(root, "pkg"), "");
+    if (i >= 1) {
+      EXPECT_TRUE(fs::exists(root + "/.despool/staging/pkg@spare"));
+      EXPECT_EQ(after["d2/f8.bin"].ino, before["d2/f8.bin"].ino) << "unchanged file not linked";
+    }
+    auto report = e->Verify(root, "pkg");
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->clean());
+  }
+}
+
 TEST_F(EngineTest, UpToDateAndLowerVersionsTouchNothing) {
   std::string v5 = tmp / "v5", v3 = tmp / "v3";
   MakeVersion(v5, 5);

@@ -218,6 +218,10 @@ inline std::string Strays(const std::string& root, const std::string& pkg,
       continue;
     }
     if (rel == "state/" + pkg + ".manifest" || rel == "locks/" + pkg + ".lock") continue;
+    if (rel == "staging/" + pkg + "@spare") {  // the retired tree, kept as the next base
+      it.disable_recursion_pending();
+      continue;
+    }
     if (allow_staged && rel.rfind("staging/" + pkg + "@", 0) == 0) {
       it.disable_recursion_pending();
       continue;

@@ -16,6 +16,9 @@
 // Layout under ROOT/.despool/ (all on the DP's filesystem):
 //   staging/<pkg>@<version>            a staged tree (complete once its .manifest exists)
 //   staging/<pkg>@<version>.manifest   its manifest; kept across a deferral for reuse
+//   staging/<pkg>@spare                the tree retired by the last switch: the next staging
+//                                      starts from it and changes only what differs (it holds
+//                                      the previous version's changed files until then)
 //   state/<pkg>.manifest               the manifest of what is live (installed version, source)
 //   journal/<pkg>.journal              switch intent; present only while a switch is in flight
 //   trash/<pkg>@...                    retired trees being removed
