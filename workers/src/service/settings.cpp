@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include "despool/common/config.h"
 #include "despool/common/names.h"
@@ -86,7 +87,14 @@ Status CheckDps(Engine& engine, std::vector<DpSpec>& dps) {
     if (!roots.insert(dp.root).second) {
       return MakeError(ErrorCode::kInvalidArgument, what + ": root served twice");
     }
-    if (Status st = engine.CheckDpRoot(dp.root); !st.ok()) {
+    // Workers starting together on one DP race in the engine's scratch dir (.despool/check/:
+    // each start clears it), so a failure is retried a few times before it counts.
+    Status st = engine.CheckDpRoot(dp.root);
+    for (int retry = 0; !st.ok() && retry < 3; ++retry) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 + (::getpid() + 37 * retry) % 100));
+      st = engine.CheckDpRoot(dp.root);
+    }
+    if (!st.ok()) {
       return MakeError(ErrorCode::kInvalidArgument, what + ": root check failed: " + st.error().message);
     }
   }
