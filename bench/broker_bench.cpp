@@ -49,6 +49,7 @@ struct Options {
   // --deferred-scale: every job's first run is deferred (retry after --defer-base), then the
   // broker restarts with all of them pending; reports RSS, restart time and due lateness.
   bool deferred_scale = false;
+  bool inline_commits = false;     // --inline-commits: no commit thread (for comparison)
   std::uint64_t defer_base_ms = 120'000;
 };
 
@@ -236,7 +237,9 @@ class RunningBroker {
     auto store = broker::OpenSqliteStore(s.store_path, s.store);
     if (!store.ok()) return store.take_error();
     pragmas = (*store)->Describe();
-    b = std::make_unique<broker::Broker>(s, std::move(store).value());
+    auto reader = broker::OpenSqliteStore(s.store_path, s.store);
+    if (!reader.ok()) return reader.take_error();
+    b = std::make_unique<broker::Broker>(s, std::move(store).value(), std::move(reader).value());
     DESPOOL_RETURN_IF_ERROR(b->Start());
     if (::pipe(pipe_) != 0) return MakeError(ErrorCode::kIo, "pipe");
     thread_ = std::thread([this] { status = b->Run(pipe_[0]); });
@@ -334,10 +337,11 @@ int main(int argc, char** argv) {
     else if (a == "--dir") o.dir = next();
     else if (a == "--rate") o.rate = std::stod(next());
     else if (a == "--deferred-scale") o.deferred_scale = true;
+    else if (a == "--inline-commits") o.inline_commits = true;
     else if (a == "--defer-base-s") o.defer_base_ms = std::stoull(next()) * 1000;
     else {
       std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
-                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--deferred-scale [--defer-base-s S]]\n",
+                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--deferred-scale [--defer-base-s S]]\n",
                    argv[0]);
       return 2;
     }
@@ -373,7 +377,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   const auto pragmas = (*store)->Describe();
-  broker::Broker b(s, std::move(store).value());
+  std::unique_ptr<broker::Store> reader;
+  if (!o.inline_commits) {
+    auto r = broker::OpenSqliteStore(s.store_path, s.store);
+    if (!r.ok()) return 1;
+    reader = std::move(r).value();
+  }
+  broker::Broker b(s, std::move(store).value(), std::move(reader));
   if (Status st = b.Start(); !st.ok()) {
     std::fprintf(stderr, "start: %s\n", st.error().message.c_str());
     return 1;
@@ -419,9 +429,9 @@ int main(int argc, char** argv) {
   const double ack_secs = std::chrono::duration<double>(pr.last_ack - pr.first_submit).count();
   const auto m = b.metrics();
   std::printf("broker_bench: %llu instructions, %d publishers x %d in flight, %d workers (capacity %u), "
-              "synchronous=%s%s\n",
+              "synchronous=%s, %s commits%s\n",
               static_cast<unsigned long long>(o.instructions), o.publishers, o.inflight, o.workers,
-              o.worker_capacity, o.sync_full ? "FULL" : "NORMAL",
+              o.worker_capacity, o.sync_full ? "FULL" : "NORMAL", o.inline_commits ? "inline" : "pipelined",
               o.rate > 0 ? (", paced at " + std::to_string(static_cast<long>(o.rate)) + "/s").c_str() : "");
   std::printf("  SQLite:");
   for (const auto& p : pragmas) std::printf(" %s;", p.c_str());

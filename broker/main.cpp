@@ -92,9 +92,21 @@ int main(int argc, char** argv) {
       ::close(stop_fd);
       return kExitError;
     }
+    // A second connection for reads lets commits run on their own thread (pipelined).
+    std::unique_ptr<broker::Store> reader;
+    if (settings.commit_thread) {
+      auto r = broker::OpenSqliteStore(settings.store_path, settings.store);
+      if (!r.ok()) {
+        log->error("cannot open store path={} error={}", LogQuote(settings.store_path),
+                   LogQuote(r.error().message));
+        ::close(stop_fd);
+        return kExitError;
+      }
+      reader = std::move(r).value();
+    }
     int rc = kExitOk;
     {
-      broker::Broker b(settings, std::move(opened).value());
+      broker::Broker b(settings, std::move(opened).value(), std::move(reader));
       if (Status st = b.Start(); !st.ok()) {
         log->error("cannot start error={}", LogQuote(st.error().message));
         std::cerr << "despool-broker: " << st.error().message << "\n";

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <set>
 
+#include "despool/broker/commit_thread.h"
 #include "despool/common/logging.h"
 #include "despool/common/time.h"
 #include "despool/messages/codec.h"
@@ -71,9 +72,10 @@ std::string Printable(std::string_view id) {
 
 class Broker::Impl {
  public:
-  Impl(BrokerSettings settings, std::unique_ptr<Store> store)
+  Impl(BrokerSettings settings, std::unique_ptr<Store> store, std::unique_ptr<Store> reader)
       : s_(std::move(settings)),
         store_(std::move(store)),
+        reader_(std::move(reader)),
         log_(GetLogger("broker")),
         ctx_(1),
         frontend_(ctx_, zmq::socket_type::router),
@@ -92,7 +94,7 @@ class Broker::Impl {
     auto loaded = store_->Load();
     if (!loaded.ok()) return loaded.take_error();
     const std::size_t active = loaded->active_jobs.size();
-    core_ = std::make_unique<Core>(s_.core, store_.get());
+    core_ = std::make_unique<Core>(s_.core, &reads());
     core_->Recover(std::move(loaded.value()), NowMs());
     // Config DPs are known without being persisted; the Core queued nothing to commit, but a
     // defensive commit keeps memory and store aligned if it ever does.
@@ -123,7 +125,12 @@ class Broker::Impl {
     } catch (const zmq::error_t& e) {
       return MakeError(ErrorCode::kUnavailable, std::string("bind: ") + e.what());
     }
-    log_->info("listening frontend={} backend={} events={}", out.frontend, out.backend, out.events);
+    if (reader_) {
+      commit_thread_ = std::make_unique<CommitThread>(*store_);
+      if (!commit_thread_->ok()) return MakeError(ErrorCode::kIo, "cannot start the commit thread");
+    }
+    log_->info("listening frontend={} backend={} events={} pipelined_commits={}", out.frontend, out.backend,
+               out.events, reader_ ? "yes" : "no");
     if (!s_.endpoints_file.empty()) {
       const std::string tmp = s_.endpoints_file + ".tmp";
       {
@@ -140,6 +147,10 @@ class Broker::Impl {
 
   LoopMetrics metrics() const {
     LoopMetrics m = m_;
+    if (commit_thread_) {
+      m.commit_ns = commit_thread_->commit_ns();
+      m.commit_cpu_ns = commit_thread_->commit_cpu_ns();
+    }
     if (core_) {
       const auto& h = core_->DueLateness();
       m.active_jobs = core_->ActiveJobs();
@@ -153,14 +164,15 @@ class Broker::Impl {
 
   Status Run(int stop_fd) {
     bool stopping = false;
-    std::vector<zmq_pollitem_t> items(3);
+    std::vector<zmq_pollitem_t> items;
     while (!stopping) {
       std::int64_t now = NowMs();
       std::int64_t timeout = 1000;
       if (auto d = core_->NextDeadline()) timeout = std::clamp<std::int64_t>(*d - now, 0, 1000);
-      items[0] = {frontend_.handle(), 0, ZMQ_POLLIN, 0};
-      items[1] = {backend_.handle(), 0, ZMQ_POLLIN, 0};
-      items[2] = {nullptr, stop_fd, ZMQ_POLLIN, 0};
+      items.assign({{frontend_.handle(), 0, ZMQ_POLLIN, 0},
+                    {backend_.handle(), 0, ZMQ_POLLIN, 0},
+                    {nullptr, stop_fd, ZMQ_POLLIN, 0}});
+      if (inflight_) items.push_back({nullptr, commit_thread_->notify_fd(), ZMQ_POLLIN, 0});
       auto t0 = std::chrono::steady_clock::now();
       try {
         zmq::poll(items, std::chrono::milliseconds(timeout));
@@ -170,6 +182,7 @@ class Broker::Impl {
       }
       auto t1 = std::chrono::steady_clock::now();
       m_.poll_ns += Ns(t1 - t0);
+      if (items.size() > 3 && (items[3].revents & ZMQ_POLLIN)) DESPOOL_RETURN_IF_ERROR(FinishCommit());
       if (items[2].revents & ZMQ_POLLIN) {
         stopping = true;
         log_->info("stop requested: finishing the current round");
@@ -196,10 +209,22 @@ class Broker::Impl {
       ++m_.rounds;
       core_->Tick(now);
       m_.tick_ns += Ns(std::chrono::steady_clock::now() - t2);
-      DESPOOL_RETURN_IF_ERROR(Flush());
+      // While a commit is in flight the round's changes keep accumulating in the Core's batch;
+      // they go into the next transaction as soon as the current one is durable.
+      if (!inflight_) DESPOOL_RETURN_IF_ERROR(StartCommit());
+    }
+    // Drain: wait for the in-flight commit, then commit whatever accumulated meanwhile.
+    while (inflight_ || core_->HasPendingOutput() || !accum_.replies.empty() || !accum_.queries.empty()) {
+      if (inflight_) {
+        DESPOOL_RETURN_IF_ERROR(FinishCommit());
+      } else {
+        DESPOOL_RETURN_IF_ERROR(StartCommit());
+      }
     }
     // Tell workers we are going; they reconnect and re-register with the next broker.
-    for (const auto& peer : worker_peers_) SendEnvelope(backend_, peer, Envelope{msg::kProtocolVersion, 0, msg::Disconnect{"broker shutting down"}});
+    for (const auto& peer : worker_peers_) {
+      SendEnvelope(backend_, peer, Envelope{msg::kProtocolVersion, 0, msg::Disconnect{"broker shutting down"}});
+    }
     log_->info("stopped cleanly");
     return Status::Ok();
   }
@@ -210,6 +235,14 @@ class Broker::Impl {
     std::string peer;
     std::uint64_t request_id = 0;
     Body body;
+  };
+  // Everything that may only leave once a batch is committed, and that batch.
+  struct Outputs {
+    std::vector<Pending> replies;    // mutation replies (submit acks...)
+    std::vector<Pending> queries;    // read-only requests, answered after the commit
+    std::vector<ToWorker> outbox;
+    std::vector<msg::Event> progress;
+    WriteBatch batch;
   };
 
   // Reads one message from a ROUTER. False when none is waiting.
@@ -305,11 +338,11 @@ class Broker::Impl {
         reply = core_->Verify(*r4, now);
       }
       // Sent after the round's commit: a publisher gets its ids only once they are durable.
-      pending_.push_back({true, peer, env.request_id, std::move(reply)});
+      accum_.replies.push_back({true, peer, env.request_id, std::move(reply)});
       return;
     }
     if (IsFrontendQuery(b)) {
-      queries_.push_back({true, peer, env.request_id, std::move(b)});
+      accum_.queries.push_back({true, peer, env.request_id, std::move(b)});
       return;
     }
     SendError(frontend_, peer, env.request_id, ErrorKind::kUnknownType,
@@ -331,57 +364,91 @@ class Broker::Impl {
     core_->OnWorkerMessage(peer, std::move(env.body), now);
   }
 
-  // Commits the round, then sends everything that waited for it.
-  Status Flush() {
-    WriteBatch batch = core_->TakeBatch();
-    auto t0 = std::chrono::steady_clock::now();
-    batch.encoded_events.reserve(batch.events.size());
-    for (const auto& e : batch.events) {
-      batch.encoded_events.push_back(msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
+  // Takes everything the Core changed and queued since the last commit and commits it: on the
+  // commit thread when there is one (FinishCommit delivers the outputs), else inline.
+  Status StartCommit() {
+    auto out = std::make_unique<Outputs>(std::move(accum_));
+    accum_ = Outputs{};
+    out->batch = core_->TakeBatch();
+    out->outbox = core_->TakeWorkerOutbox();
+    out->progress = core_->TakeEvents();
+    if (out->batch.empty()) {
+      Deliver(*out);
+      return Status::Ok();
     }
-    const std::int64_t cpu0 = ThreadCpuNs();
-    if (!batch.empty()) {
-      ++m_.commits;
-      m_.committed_jobs += batch.jobs.size();
-      Status st = store_->Commit(batch);
-      if (!st.ok()) {
-        // Memory is ahead of the store now: refuse what waited and stop; a restart reloads the
-        // last committed state (nothing acknowledged is lost, nothing unstored was promised).
-        log_->error("store commit failed, stopping error={}", LogQuote(st.error().message));
-        for (auto& p : pending_) {
-          SendError(frontend_, p.peer, p.request_id, ErrorKind::kUnavailable,
-                    "store failure: " + st.error().message);
-        }
-        pending_.clear();
-        return st;
+    out->batch.encoded_events.reserve(out->batch.events.size());
+    for (const auto& e : out->batch.events) {
+      out->batch.encoded_events.push_back(msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
+    }
+    ++m_.commits;
+    m_.committed_jobs += out->batch.jobs.size();
+    if (!commit_thread_) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::int64_t cpu0 = ThreadCpuNs();
+      Status st = store_->Commit(out->batch);
+      m_.commit_ns += Ns(std::chrono::steady_clock::now() - t0);
+      m_.commit_cpu_ns += static_cast<std::uint64_t>(ThreadCpuNs() - cpu0);
+      if (!st.ok()) return CommitFailed(*out, st);
+      Deliver(*out);
+      return Status::Ok();
+    }
+    inflight_ = std::move(out);
+    core_->SetInFlight(&inflight_->batch);
+    commit_thread_->Submit(&inflight_->batch);
+    return Status::Ok();
+  }
+
+  Status FinishCommit() {
+    Status st = commit_thread_->TakeResult();
+    std::unique_ptr<Outputs> out = std::move(inflight_);
+    core_->SetInFlight(nullptr);
+    if (!st.ok()) return CommitFailed(*out, st);
+    Deliver(*out);
+    return Status::Ok();
+  }
+
+  // Memory is ahead of the store now: refuse what waited and stop; a restart reloads the last
+  // committed state (nothing acknowledged is lost, nothing unstored was promised).
+  Status CommitFailed(Outputs& out, const Status& st) {
+    log_->error("store commit failed, stopping error={}", LogQuote(st.error().message));
+    for (auto* list : {&out.replies, &accum_.replies}) {
+      for (auto& p : *list) {
+        SendError(frontend_, p.peer, p.request_id, ErrorKind::kUnavailable, "store failure: " + st.error().message);
       }
     }
-    auto t1 = std::chrono::steady_clock::now();
-    m_.commit_ns += Ns(t1 - t0);
-    m_.commit_cpu_ns += static_cast<std::uint64_t>(ThreadCpuNs() - cpu0);
-    for (auto& p : pending_) SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
-    pending_.clear();
-    for (auto& q : queries_) {
-      Body reply = AnswerQuery(q.body, *store_, *core_, s_);
+    return st;
+  }
+
+  // Sends what waited for a commit: replies, query answers (read after the commit), messages to
+  // workers (dispatches, result acks...) and events.
+  void Deliver(Outputs& out) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto& p : out.replies) {
+      SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
+    }
+    for (auto& q : out.queries) {
+      Body reply = AnswerQuery(q.body, reads(), *core_, s_);
       SendEnvelope(frontend_, q.peer, Envelope{msg::kProtocolVersion, q.request_id, std::move(reply)});
     }
-    queries_.clear();
-    for (auto& out : core_->TakeWorkerOutbox()) {
-      if (std::holds_alternative<msg::Disconnect>(out.body)) worker_peers_.erase(out.peer);
-      SendEnvelope(backend_, out.peer, Envelope{msg::kProtocolVersion, 0, std::move(out.body)});
+    for (auto& w : out.outbox) {
+      if (std::holds_alternative<msg::Disconnect>(w.body)) worker_peers_.erase(w.peer);
+      SendEnvelope(backend_, w.peer, Envelope{msg::kProtocolVersion, 0, std::move(w.body)});
     }
-    for (std::size_t i = 0; i < batch.events.size(); ++i) {
-      const msg::Event& e = batch.events[i];
+    const auto& events = out.batch.events;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      const msg::Event& e = events[i];
       if (log_->should_log(spdlog::level::debug)) {
         log_->debug("job state seq={} job={} dp={} package={} version={} state={}", e.seq, e.job.id, e.job.dp,
                     LogQuote(e.job.package), e.job.version, msg::ToString(e.job.state));
       }
-      Publish(e, batch.encoded_events[i]);
+      Publish(e, i < out.batch.encoded_events.size() ? out.batch.encoded_events[i]
+                                                      : msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
     }
-    for (auto& e : core_->TakeEvents()) Publish(e, msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
-    m_.send_ns += Ns(std::chrono::steady_clock::now() - t1);
-    return Status::Ok();
+    for (auto& e : out.progress) Publish(e, msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
+    m_.send_ns += Ns(std::chrono::steady_clock::now() - t0);
   }
+
+  Store& reads() { return reader_ ? *reader_ : *store_; }
 
   void Publish(const msg::Event& e, const std::string& payload) {
     const std::string topic = msg::TopicFor(e.job.dp, e.job.package);
@@ -429,7 +496,9 @@ class Broker::Impl {
   }
 
   BrokerSettings s_;
-  std::unique_ptr<Store> store_;
+  std::unique_ptr<Store> store_;   // writes (used by the commit thread when there is one)
+  std::unique_ptr<Store> reader_;  // optional second connection for reads on the loop thread
+  std::unique_ptr<CommitThread> commit_thread_;
   std::shared_ptr<spdlog::logger> log_;
   msg::DecodeLimits limits_;
   std::unique_ptr<Core> core_;
@@ -437,14 +506,14 @@ class Broker::Impl {
   zmq::socket_t frontend_;
   zmq::socket_t backend_;
   zmq::socket_t pub_;
-  std::vector<Pending> pending_;
-  std::vector<Pending> queries_;
+  Outputs accum_;                  // waiting for the next commit
+  std::unique_ptr<Outputs> inflight_;  // waiting for the commit in progress
   std::set<std::string> worker_peers_;
   LoopMetrics m_;
 };
 
-Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store)
-    : impl_(std::make_unique<Impl>(std::move(settings), std::move(store))) {}
+Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store, std::unique_ptr<Store> reader)
+    : impl_(std::make_unique<Impl>(std::move(settings), std::move(store), std::move(reader))) {}
 
 Broker::~Broker() = default;
 

@@ -195,6 +195,10 @@ void Core::SendCancel(JobRecord& r) {
 std::optional<JobRecord> Core::LookupInactive(const std::string& id) {
   auto b = batch_.jobs.find(id);
   if (b != batch_.jobs.end()) return b->second;
+  if (in_flight_ != nullptr) {
+    auto f = in_flight_->jobs.find(id);
+    if (f != in_flight_->jobs.end()) return f->second;
+  }
   if (store_ == nullptr) return std::nullopt;
   auto r = store_->GetJob(id);
   if (!r.ok()) return std::nullopt;

@@ -54,6 +54,7 @@ Status LoadBrokerConfig(const std::string& path, BrokerSettings& s) {
       store.AddError("synchronous", "expected \"full\" or \"normal\"");
     }
   }
+  store.Get("commit_thread", s.commit_thread);
   milliseconds busy{s.store.busy_timeout_ms};
   if (store.Get("busy_timeout", busy)) s.store.busy_timeout_ms = static_cast<int>(busy.count());
 

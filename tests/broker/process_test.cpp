@@ -34,11 +34,14 @@ max_message_bytes = 2097152
 max_frames = 4
 )";
 
-class BrokerProcessTest : public ::testing::Test {
+// Every scenario runs with commits on the commit thread (pipelined, the default) and inline.
+class BrokerProcessTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     if (BinDir().empty()) GTEST_SKIP() << "DESPOOL_BIN_DIR not set";
-    broker_ = std::make_unique<BrokerProcess>(dir_.path(), kConfig);
+    const std::string config =
+        std::string(kConfig) + "[store_options]\ncommit_thread = " + (GetParam() ? "true" : "false") + "\n";
+    broker_ = std::make_unique<BrokerProcess>(dir_.path(), config);
     ASSERT_TRUE(broker_->Start()) << broker_->Log();
   }
   void TearDown() override {
@@ -59,7 +62,7 @@ class BrokerProcessTest : public ::testing::Test {
   std::unique_ptr<BrokerProcess> broker_;
 };
 
-TEST_F(BrokerProcessTest, SubmitIsAcknowledgedOnlyOnceStored) {
+TEST_P(BrokerProcessTest, SubmitIsAcknowledgedOnlyOnceStored) {
   auto client = NewClient();
   // A second connection to the same database sees every acknowledged job at ack time.
   auto reader = OpenSqliteStore(broker_->store_path(), {});
@@ -77,7 +80,7 @@ TEST_F(BrokerProcessTest, SubmitIsAcknowledgedOnlyOnceStored) {
   }
 }
 
-TEST_F(BrokerProcessTest, UnknownDpAndUnknownJobAreRefused) {
+TEST_P(BrokerProcessTest, UnknownDpAndUnknownJobAreRefused) {
   auto client = NewClient();
   msg::SubmitRequest r;
   r.instructions.push_back(Refresh("pkg", 1, {"a", "mystery"}));
@@ -98,7 +101,7 @@ TEST_F(BrokerProcessTest, UnknownDpAndUnknownJobAreRefused) {
   EXPECT_TRUE(std::get<msg::JobsReply>(*all).jobs.empty());
 }
 
-TEST_F(BrokerProcessTest, DispatchDeferralReleaseHintAndEvents) {
+TEST_P(BrokerProcessTest, DispatchDeferralReleaseHintAndEvents) {
   zmq::socket_t sub(ctx_, zmq::socket_type::sub);
   sub.set(zmq::sockopt::linger, 0);
   sub.set(zmq::sockopt::subscribe, msg::DpPrefix("w"));
@@ -164,7 +167,7 @@ TEST_F(BrokerProcessTest, DispatchDeferralReleaseHintAndEvents) {
   EXPECT_TRUE(got_applied);
 }
 
-TEST_F(BrokerProcessTest, KillNineLosesNothingAcknowledged) {
+TEST_P(BrokerProcessTest, KillNineLosesNothingAcknowledged) {
   auto worker = NewWorker("w1");
   ASSERT_TRUE(worker->Register({"a"}, 2));
   auto client = NewClient();
@@ -220,7 +223,7 @@ TEST_F(BrokerProcessTest, KillNineLosesNothingAcknowledged) {
   EXPECT_EQ(done->state, JobState::kApplied);
 }
 
-TEST_F(BrokerProcessTest, LostWorkerJobsAreRequeuedWithoutAnAttempt) {
+TEST_P(BrokerProcessTest, LostWorkerJobsAreRequeuedWithoutAnAttempt) {
   auto w1 = NewWorker("w1");
   ASSERT_TRUE(w1->Register({"a"}, 1));
   auto client = NewClient();
@@ -250,7 +253,7 @@ TEST_F(BrokerProcessTest, LostWorkerJobsAreRequeuedWithoutAnAttempt) {
   }, 5s));
 }
 
-TEST_F(BrokerProcessTest, OnePackagePerDpInFlightAcrossManyWorkers) {
+TEST_P(BrokerProcessTest, OnePackagePerDpInFlightAcrossManyWorkers) {
   std::vector<std::unique_ptr<TestWorker>> workers;
   for (int i = 0; i < 4; ++i) {
     workers.push_back(NewWorker("w" + std::to_string(i)));
@@ -321,7 +324,7 @@ TEST_F(BrokerProcessTest, OnePackagePerDpInFlightAcrossManyWorkers) {
   }
 }
 
-TEST_F(BrokerProcessTest, HostileFramesOnTheFrontend) {
+TEST_P(BrokerProcessTest, HostileFramesOnTheFrontend) {
   auto bad = NewClient();
   auto good = NewClient();
   // Garbage: an error reply.
@@ -361,7 +364,7 @@ TEST_F(BrokerProcessTest, HostileFramesOnTheFrontend) {
   EXPECT_TRUE(std::holds_alternative<msg::StatsReply>(*s2));
 }
 
-TEST_F(BrokerProcessTest, HostileFramesOnTheBackend) {
+TEST_P(BrokerProcessTest, HostileFramesOnTheBackend) {
   auto good = NewWorker("good");
   ASSERT_TRUE(good->Register({"a"}, 1));
   auto bad = NewWorker("bad");
@@ -387,7 +390,7 @@ TEST_F(BrokerProcessTest, HostileFramesOnTheBackend) {
   EXPECT_EQ(good->dispatches[0].job_id, jobs[0].id);
 }
 
-TEST_F(BrokerProcessTest, StatsWorkersAndDeadRetry) {
+TEST_P(BrokerProcessTest, StatsWorkersAndDeadRetry) {
   auto w = NewWorker("w1");
   ASSERT_TRUE(w->Register({"a"}, 3));
   auto client = NewClient();
@@ -425,6 +428,11 @@ TEST_F(BrokerProcessTest, StatsWorkersAndDeadRetry) {
   EXPECT_EQ(std::get<msg::JobsReply>(*retried).jobs[0].attempts, 0u);
   ASSERT_TRUE(w->PumpUntil([&] { return w->dispatches.size() == 2; }, 5s));
 }
+
+INSTANTIATE_TEST_SUITE_P(CommitModes, BrokerProcessTest, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Pipelined") : std::string("Inline");
+                         });
 
 }  // namespace
 }  // namespace despool::broker

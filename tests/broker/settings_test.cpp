@@ -61,6 +61,7 @@ max_message_bytes = 4096
 max_frames = 3
 [store_options]
 synchronous = "normal"
+commit_thread = false
 [dps]
 names = ["lab1", "lab2"]
 [dp_groups]
@@ -80,6 +81,7 @@ labs = ["lab1", "lab3"]
   EXPECT_EQ(s.core.orphan_grace_ms, 10'000);
   EXPECT_EQ(s.max_frames, 3u);
   EXPECT_EQ(s.store.sync, SyncMode::kNormal);
+  EXPECT_FALSE(s.commit_thread);
   EXPECT_EQ(s.core.dps, (std::vector<std::string>{"lab1", "lab2"}));
   EXPECT_EQ(s.core.dp_groups.at("labs"), (std::vector<std::string>{"lab1", "lab3"}));
 }

@@ -2,9 +2,11 @@
 // ROUTER and the events PUB socket (PROTOCOL.md section 2).
 //
 // Each poll round: read every message available (up to a cap) from both ROUTERs, feed them to
-// the Core, run its timers, commit the round's WriteBatch in ONE transaction (group commit),
-// and only then send replies, dispatches and events. Read-only requests are answered after the
-// commit, so they always see the round's own changes.
+// the Core, run its timers, then commit everything changed since the last commit in ONE
+// transaction (group commit), and only once it is durable send the replies, dispatches, result
+// acks and events it covers. Read-only requests are answered after that commit, so they see
+// their round's changes. With a reader connection the commit runs on its own thread while the
+// loop goes on with the next rounds (whose changes form the next transaction).
 #pragma once
 
 #include <zmq.hpp>
@@ -49,7 +51,10 @@ struct LoopMetrics {
 
 class Broker {
  public:
-  Broker(BrokerSettings settings, std::unique_ptr<Store> store);
+  // reader: an optional second connection to the same store. With it, commits run on their own
+  // thread (pipelined: the loop processes the next round while a transaction fsyncs) and reads
+  // use the reader; without it, every round commits inline.
+  Broker(BrokerSettings settings, std::unique_ptr<Store> store, std::unique_ptr<Store> reader = nullptr);
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;

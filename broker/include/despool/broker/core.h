@@ -80,6 +80,9 @@ class Core {
   void SetDraining(bool draining) { draining_ = draining; }
 
   WriteBatch TakeBatch();
+  // The batch being committed (taken, not yet durable), or null: jobs that left memory in it are
+  // looked up there before the store (retry/cancel/stale results).
+  void SetInFlight(const WriteBatch* batch) { in_flight_ = batch; }
   std::vector<ToWorker> TakeWorkerOutbox();
   // Progress events (never stored). State events travel in the WriteBatch: the loop publishes
   // them once the batch is committed.
@@ -185,6 +188,7 @@ class Core {
   std::map<std::string, Worker> workers_;                      // by peer
 
   LatenessHistogram lateness_;
+  const WriteBatch* in_flight_ = nullptr;
   WriteBatch batch_;
   std::vector<ToWorker> outbox_;
   std::vector<msg::Event> events_;

@@ -22,6 +22,9 @@ struct BrokerSettings {
   std::string log_format;
 
   SqliteOptions store;
+  // Commit on a dedicated thread while the loop goes on (pipelined group commit); false: each
+  // round commits inline on the loop thread.
+  bool commit_thread = true;
   CoreOptions core;
 
   // Hostile-input limits (CONTRACT.md, PROTOCOL.md section 5).
