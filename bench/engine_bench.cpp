@@ -383,8 +383,27 @@ int main(int argc, char** argv) {
     std::printf("generated %.1f MiB in %.1f s; %zu files changed in v2\n",
                 static_cast<double>(p.total) / 1048576.0, Secs(Clock::now() - t_gen), n);
   }
+  // v3: the same again from v2 (other files), for the steady state: a refresh whose staging
+  // starts from the tree retired by the previous one.
+  Sh("cp -al " + Q(w + "/src2") + " " + Q(w + "/src3"));
+  {
+    std::mt19937_64 rng(123);
+    std::vector<char> buf(1 << 20);
+    size_t n = std::max<size_t>(1, static_cast<size_t>(static_cast<double>(p.rel.size()) * f.changed_pct / 100.0));
+    for (size_t k = 0; k < n; ++k) {
+      size_t i = std::uniform_int_distribution<size_t>(0, p.rel.size() - 1)(rng);
+      std::string path = w + "/src3/" + p.rel[i];
+      WriteRandomFile(path + ".new", p.size[i], rng, buf, 1800000001);
+      fs::rename(path + ".new", path);
+    }
+    for (int d = 0; d < f.dirs; ++d) {
+      struct timespec ts[2] = {{0, UTIME_OMIT}, {1650000000, 0}};
+      ::utimensat(AT_FDCWD, (w + "/src3/dir" + std::to_string(d)).c_str(), ts, 0);
+    }
+  }
   auto want1 = Fingerprint(w + "/src1");
   auto want2 = Fingerprint(w + "/src2");
+  auto want3 = Fingerprint(w + "/src3");
 
   bool can_cold = f.cold && DropCaches();
   if (f.cold && !can_cold) std::printf("cold-cache runs skipped: drop_caches not permitted here\n");
@@ -418,8 +437,9 @@ int main(int argc, char** argv) {
                         want1));
     Print(std::string("Full refresh (") + label + " cache)", full, full[0].secs);
 
-    // Incremental refresh.
-    std::vector<Row> inc;
+    // Incremental refreshes: v1 -> v2 (staged from scratch: the first install left no retired
+    // tree), then v2 -> v3 (steady state: staged from the tree v2's switch retired).
+    std::vector<Row> inc, inc3;
     prep();
     inc.push_back(Ours(engine, "despool refresh (incremental)", r + "/dp", 2, w + "/src2", want2));
     prep();
@@ -434,12 +454,27 @@ int main(int argc, char** argv) {
     prep();
     inc.push_back(Tool("cp -a (full copy)", "cp -a " + Q(w + "/src2") + " " + Q(r + "/cp2"),
                        r + "/cp2", want2));
-    Print(std::string("Incremental refresh, ") + std::to_string(f.changed_pct) + "% changed (" +
-              label + " cache)",
+    Print(std::string("Incremental refresh v1->v2, ") + std::to_string(f.changed_pct) +
+              "% changed, staged from scratch (" + label + " cache)",
           inc, inc[0].secs);
+    prep();
+    inc3.push_back(Ours(engine, "despool refresh (steady state)", r + "/dp", 3, w + "/src3", want3));
+    prep();
+    inc3.push_back(Tool("rsync -a --delete --delay-updates",
+                        "rsync -a --delete --delay-updates " + Q(w + "/src3/") + " " + Q(r + "/rs1/"),
+                        r + "/rs1", want3));
+    prep();
+    inc3.push_back(Tool("rsync -a --delete --link-dest",
+                        "rsync -a --delete --link-dest=" + Q(r + "/ld2") + " " + Q(w + "/src3/") +
+                            " " + Q(r + "/ld3/"),
+                        r + "/ld3", want3));
+    Print(std::string("Incremental refresh v2->v3, ") + std::to_string(f.changed_pct) +
+              "% changed, staged from the retired tree (" + label + " cache)",
+          inc3, inc3[0].secs);
     if (!cold) {
-      std::printf("  targets: >= 2x faster than rsync --delay-updates: %.2fx; >= 5x faster than "
-                  "rsync --link-dest: %.2fx\n",
+      std::printf("  targets (steady state): >= 2x faster than rsync --delay-updates: %.2fx; >= 5x "
+                  "faster than rsync --link-dest: %.2fx (from scratch: %.2fx, %.2fx)\n",
+                  inc3[1].secs / inc3[0].secs, inc3[2].secs / inc3[0].secs,
                   inc[1].secs / inc[0].secs, inc[2].secs / inc[0].secs);
       std::printf("  full refresh vs cp -a + sync: %.2fx (target >= 1)\n",
                   full[1].secs_sync / full[0].secs);
