@@ -26,7 +26,16 @@
 //   check/                             scratch dirs for CheckDpRoot
 //
 // Thread-safety: one Engine may serve concurrent calls for different packages (or the same
-// package: the second gets a retryable "locked" error unless lock_wait allows it to wait).
+// package: the second gets a retryable "locked" error unless lock_wait allows it to wait;
+// Verify/Repair on a package being refreshed get kUnavailable).
+//
+// Typical worker use:
+//   IgnoreLeaseBreakSignal();                       // once, at start-up
+//   Engine engine;                                  // real OS, automatic in-use probe
+//   engine.CheckDpRoot(root);                       // refuse the DP on error
+//   engine.Recover(root);                           // before serving it
+//   RefreshOutcome out = engine.Refresh(req, on_progress, cancel_token);
+//   switch (out.kind) { case OutcomeKind::kDeferred: /* retry after out.suggested_delay */ ... }
 #pragma once
 
 #include <atomic>
@@ -169,7 +178,10 @@ struct VerifyOptions {
 
 struct EngineConfig {
   Os* os = nullptr;                    // nullptr = RealOs()
-  std::shared_ptr<InUseProbe> probe;   // nullptr = MakeAutoProbe()
+  // nullptr = MakeAutoProbe(). The lease probe needs IgnoreLeaseBreakSignal() (inuse.h) called
+  // once at process start-up, before threads; without it the auto probe uses the /proc scan.
+  // Calls are serialised by the engine (a probe need not be thread-safe).
+  std::shared_ptr<InUseProbe> probe;
   // Observability/test hook, called on the refreshing thread at named points: "staging",
   // "copying" (after the first chunk of a copied file), "staged", "checked" (in-use check
   // passed), "journaled" (switch intent durable), "exchanged" (swap done, manifest not yet
