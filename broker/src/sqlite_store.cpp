@@ -2,7 +2,9 @@
 // schema applied through a migrations table, prepared statements reused for every commit.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
+#include <tuple>
 #include <filesystem>
 #include <random>
 
@@ -305,48 +307,47 @@ class SqliteStore final : public Store {
     return SqlError(db_, "get job");
   }
 
+  // One indexed query per state (jobs_by_state is (state, updated_at), so no query sorts more
+  // than `limit` rows even with a million jobs), merged: non-terminal jobs oldest change first,
+  // then terminal jobs newest first.
   Result<std::vector<JobRecord>> ListJobs(const JobFilter& f) override {
-    std::vector<JobRecord> out;
     std::string where;
     if (f.package) where += " AND package=:package";
     if (f.dp) where += " AND dp=:dp";
     const std::string limit = f.limit == 0 ? "" : " LIMIT " + std::to_string(f.limit);
-    std::vector<std::string> queries;
-    if (f.state) {
-      const bool terminal = msg::IsTerminal(*f.state);
-      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state=:state" + where +
-                        (terminal ? " ORDER BY updated_at DESC" : " ORDER BY seq") + limit);
-    } else {
-      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (0,1,2)" +
-                        where + " ORDER BY seq" + limit);
-      queries.push_back(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (3,4,5,6,7)" +
-                        where + " ORDER BY updated_at DESC, seq DESC" + limit);
-    }
+    auto per_state = [&](msg::JobState state, std::vector<JobRecord>& out) -> Status {
+      const bool terminal = msg::IsTerminal(state);
+      Stmt q;
+      DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state=:state" +
+                                                 where + (terminal ? " ORDER BY updated_at DESC" : " ORDER BY updated_at") +
+                                                 limit));
+      q.Bind(sqlite3_bind_parameter_index(q.get(), ":state"), static_cast<std::int64_t>(state));
+      if (f.package) q.Bind(sqlite3_bind_parameter_index(q.get(), ":package"), *f.package);
+      if (f.dp) q.Bind(sqlite3_bind_parameter_index(q.get(), ":dp"), *f.dp);
+      int rc;
+      while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) out.push_back(ReadJob(q.get()));
+      if (rc != SQLITE_DONE) return SqlError(db_, "list jobs");
+      return Status::Ok();
+    };
+    std::vector<JobRecord> active, done;
     try {
-      for (const auto& sql : queries) {
-        if (f.limit != 0 && out.size() >= f.limit) break;
-        Stmt q;
-        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, sql));
-        auto bind = [&](const char* name, const std::string& v) {
-          int i = sqlite3_bind_parameter_index(q.get(), name);
-          if (i > 0) q.Bind(i, v);
-        };
-        if (f.package) bind(":package", *f.package);
-        if (f.dp) bind(":dp", *f.dp);
-        if (f.state) {
-          int i = sqlite3_bind_parameter_index(q.get(), ":state");
-          if (i > 0) q.Bind(i, static_cast<std::int64_t>(*f.state));
-        }
-        int rc;
-        while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
-          if (f.limit != 0 && out.size() >= f.limit) break;
-          out.push_back(ReadJob(q.get()));
-        }
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "list jobs");
+      for (int i = 0; i <= static_cast<int>(msg::JobState::kDead); ++i) {
+        const auto state = static_cast<msg::JobState>(i);
+        if (f.state && *f.state != state) continue;
+        DESPOOL_RETURN_IF_ERROR(per_state(state, msg::IsTerminal(state) ? done : active));
       }
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
     }
+    std::stable_sort(active.begin(), active.end(), [](const JobRecord& a, const JobRecord& b) {
+      return std::tie(a.info.updated_at_ms, a.seq) < std::tie(b.info.updated_at_ms, b.seq);
+    });
+    std::stable_sort(done.begin(), done.end(), [](const JobRecord& a, const JobRecord& b) {
+      return std::tie(a.info.updated_at_ms, a.seq) > std::tie(b.info.updated_at_ms, b.seq);
+    });
+    std::vector<JobRecord> out = std::move(active);
+    for (auto& j : done) out.push_back(std::move(j));
+    if (f.limit != 0 && out.size() > f.limit) out.resize(f.limit);
     return out;
   }
 
