@@ -459,6 +459,42 @@ TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
   EXPECT_EQ(Strays(root, "pkg"), "");
 }
 
+TEST_F(EngineTest, SourceChangingDuringTheCopyIsRetryable) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1, TreeOptions{4, 1, false, false, 20u << 20});  // 3 chunks per file
+  bool touched = false;
+  EngineConfig c;
+  c.probe = probe;
+  c.checkpoint = [&](const char* point) {
+    if (std::string(point) != "copying" || touched) return;
+    touched = true;  // the publisher rewrites the file being copied
+    WriteFile(v1 + "/f0.bin", "rewritten mid-copy", 0755, 1900000000);
+  };
+  Engine e(c);
+  auto out = e.Refresh(Request(root, 1, v1), nullptr, cancel);
+  ASSERT_TRUE(touched);
+  EXPECT_KIND(out, OutcomeKind::kRetryableError);
+  EXPECT_NE(out.message.find("source changed"), std::string::npos) << out.message;
+  EXPECT_FALSE(fs::exists(Live()));
+  EXPECT_EQ(Strays(root, "pkg"), "");
+  // A change to a file already staged (here: after staging) is caught by the final re-check.
+  EngineConfig c2;
+  c2.probe = probe;
+  bool chmodded = false;
+  c2.checkpoint = [&](const char* point) {
+    if (std::string(point) != "copying" || chmodded) return;
+    chmodded = true;
+    ::chmod((v1 + "/f3.bin").c_str(), 0600);
+  };
+  Engine e2(c2);
+  auto out2 = e2.Refresh(Request(root, 1, v1), nullptr, cancel);
+  EXPECT_KIND(out2, OutcomeKind::kRetryableError);
+  EXPECT_FALSE(fs::exists(Live()));
+  auto ok = e2.Refresh(Request(root, 1, v1), nullptr, cancel);
+  EXPECT_KIND(ok, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v1), Snap(Live())), "");
+}
+
 TEST_F(EngineTest, NotEnoughFreeSpaceIsRetryableBeforeCopying) {
   std::string v1 = tmp / "v1";
   MakeVersion(v1, 1);
