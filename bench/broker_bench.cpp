@@ -456,6 +456,16 @@ int main(int argc, char** argv) {
               pct(m.read_ns), pct(m.tick_ns), pct(m.commit_ns), pct(m.send_ns), pct(m.poll_ns),
               m.commits ? static_cast<double>(m.commit_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0,
               m.commits ? static_cast<double>(m.commit_cpu_ns) / 1000.0 / static_cast<double>(m.commits) : 0.0);
+  const double broker_cpu_s =
+      static_cast<double>(m.loop_cpu_ns + (m.commit_thread ? m.commit_cpu_ns : 0)) / 1e9;
+  std::printf("  broker CPU: %.2f s for %llu instructions = %.1f us per instruction (of it in commits: %.1f us) "
+              "=> one dedicated core would sustain ~%.0f instructions/s before fsync waits\n",
+              broker_cpu_s, static_cast<unsigned long long>(o.instructions),
+              1e6 * broker_cpu_s / static_cast<double>(o.instructions),
+              static_cast<double>(m.commit_cpu_ns) / 1e3 / static_cast<double>(o.instructions),
+              static_cast<double>(o.instructions) / broker_cpu_s);
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) == 3) std::printf("  machine load average (1 min) at the end: %.2f\n", load[0]);
   if (!run_status.ok()) std::printf("  broker stopped with error: %s\n", run_status.error().message.c_str());
   if (own_dir) {
     std::error_code ec;

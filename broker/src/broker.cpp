@@ -147,6 +147,7 @@ class Broker::Impl {
 
   LoopMetrics metrics() const {
     LoopMetrics m = m_;
+    m.commit_thread = commit_thread_ != nullptr;
     if (commit_thread_) {
       m.commit_ns = commit_thread_->commit_ns();
       m.commit_cpu_ns = commit_thread_->commit_cpu_ns();
@@ -163,6 +164,12 @@ class Broker::Impl {
   }
 
   Status Run(int stop_fd) {
+    const std::int64_t cpu_start = ThreadCpuNs();
+    struct CpuTally {  // records the loop thread's CPU time however Run returns
+      LoopMetrics& m;
+      std::int64_t start;
+      ~CpuTally() { m.loop_cpu_ns = static_cast<std::uint64_t>(ThreadCpuNs() - start); }
+    } tally{m_, cpu_start};
     bool stopping = false;
     std::vector<zmq_pollitem_t> items;
     while (!stopping) {

@@ -42,6 +42,8 @@ struct LoopMetrics {
   std::uint64_t commit_cpu_ns = 0;   // the loop thread's CPU time inside those transactions
   std::uint64_t send_ns = 0;         // encode + send replies, dispatches, events
   std::uint64_t poll_ns = 0;         // waiting in zmq_poll
+  std::uint64_t loop_cpu_ns = 0;     // CPU time of the loop thread during Run
+  bool commit_thread = false;        // commit_cpu_ns was spent on the commit thread
   std::uint64_t active_jobs = 0;     // queued + running + deferred held in memory
   std::uint64_t due_retries = 0;     // deferred jobs that came due
   std::int64_t due_lateness_p50_ms = 0;
