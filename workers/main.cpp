@@ -46,13 +46,12 @@ int main(int argc, char** argv) {
                                                   "config's [[dp]] entries")
                      ->type_name("NAME=ROOT");
   auto* conc_opt = app.add_option("--concurrency", concurrency, "Jobs run at once")
-                       ->check(UnsignedValidator())->check(CLI::Range(1u, 1024u))->default_str("2");
+                       ->check(UnsignedValidator())->check(CLI::Range(1u, 1024u))->type_name("N")->default_str("2");
   auto* name_opt = app.add_option("--name", name, "Worker name (default: <hostname>-<pid>)")->type_name("NAME");
   auto* bps_opt = app.add_option("--max-bytes-per-second", max_bps, "Copy bandwidth cap (0 = unlimited)")
                       ->check(UnsignedValidator())->type_name("N");
   auto* drain_opt = AddDurationOption(app, "--drain-timeout", drain_timeout,
-                                      "On SIGTERM, how long running jobs may finish before they are cancelled "
-                                      "(default 30s)");
+                                      "On SIGTERM, how long running jobs may finish before they are cancelled");
 
   return RunCli(app, argc, argv, [&]() -> int {
     service::WorkerSettings settings;
