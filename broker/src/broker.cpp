@@ -238,7 +238,6 @@ class Broker::Impl {
 
  private:
   struct Pending {
-    bool frontend = true;
     std::string peer;
     std::uint64_t request_id = 0;
     Body body;
@@ -345,11 +344,11 @@ class Broker::Impl {
         reply = core_->Verify(*r4, now);
       }
       // Sent after the round's commit: a publisher gets its ids only once they are durable.
-      accum_.replies.push_back({true, peer, env.request_id, std::move(reply)});
+      accum_.replies.push_back({peer, env.request_id, std::move(reply)});
       return;
     }
     if (IsFrontendQuery(b)) {
-      accum_.queries.push_back({true, peer, env.request_id, std::move(b)});
+      accum_.queries.push_back({peer, env.request_id, std::move(b)});
       return;
     }
     SendError(frontend_, peer, env.request_id, ErrorKind::kUnknownType,
