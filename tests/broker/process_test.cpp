@@ -429,6 +429,71 @@ TEST_P(BrokerProcessTest, StatsWorkersAndDeadRetry) {
   ASSERT_TRUE(w->PumpUntil([&] { return w->dispatches.size() == 2; }, 5s));
 }
 
+TEST_P(BrokerProcessTest, ProgressIsForwardedAndCancelAndVerifyWork) {
+  zmq::socket_t sub(ctx_, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::linger, 0);
+  sub.set(zmq::sockopt::subscribe, std::string(msg::kTopicRoot));
+  sub.connect(broker_->events);
+  auto w = NewWorker("w1");
+  ASSERT_TRUE(w->Register({"a"}, 2));
+  auto client = NewClient();
+  auto jobs = client->Submit(Refresh("pkg", 3, {"a"}));
+  ASSERT_TRUE(w->PumpUntil([&] { return !w->dispatches.empty(); }, 5s));
+  const auto d = w->dispatches.front();
+  // Progress reports come out as progress events (seq 0), never stored. The subscription may
+  // still be joining, so keep reporting until one arrives.
+  bool got_progress = false;
+  const auto deadline = Clock::now() + 5s;
+  while (!got_progress && Clock::now() < deadline) {
+    w->Send(msg::ProgressReport{d.job_id, d.attempt, msg::Progress{1, 4, 10, 40}});
+    w->PumpOnce(10ms);
+    zmq::message_t topic, body;
+    while (sub.recv(topic, zmq::recv_flags::dontwait)) {
+      ASSERT_TRUE(sub.recv(body));
+      auto env = msg::Decode(body.to_string_view());
+      ASSERT_TRUE(env.ok());
+      const auto& e = std::get<msg::Event>(env.value().body);
+      if (e.kind == msg::EventKind::kProgress) {
+        EXPECT_EQ(e.seq, 0u);
+        ASSERT_TRUE(e.progress);
+        EXPECT_EQ(e.progress->files_total, 4u);
+        EXPECT_EQ(e.job.id, d.job_id);
+        got_progress = true;
+      }
+    }
+  }
+  EXPECT_TRUE(got_progress);
+  auto stored = client->Call(msg::EventsSinceRequest{});
+  ASSERT_TRUE(stored);
+  for (const auto& e : std::get<msg::EventsReply>(*stored).events) EXPECT_EQ(e.kind, msg::EventKind::kState);
+  // Operator cancel of the running job: cancel-job to the worker, cancelled once it answers.
+  auto c = client->Call(msg::CancelRequest{d.job_id});
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(std::holds_alternative<msg::JobsReply>(*c));
+  ASSERT_TRUE(w->PumpUntil([&] { return !w->cancels.empty(); }, 5s));
+  EXPECT_EQ(w->cancels[0].attempt, d.attempt);
+  w->Result(d, Outcome::kCancelled);
+  ASSERT_TRUE(WaitFor([&] {
+    auto j = client->Status(d.job_id);
+    return j && j->state == JobState::kCancelled;
+  }, 5s));
+  // Verify: a verify job for the DP, dispatched with its flags.
+  msg::VerifyRequest v;
+  v.dp = "a";
+  v.repair = true;
+  auto vr = client->Call(v);
+  ASSERT_TRUE(vr);
+  ASSERT_TRUE(std::holds_alternative<msg::JobsReply>(*vr));
+  ASSERT_TRUE(w->PumpUntil([&] { return w->dispatches.size() == 2; }, 5s));
+  EXPECT_EQ(w->dispatches[1].kind, msg::JobKind::kVerify);
+  EXPECT_TRUE(w->dispatches[1].repair);
+  msg::VerifyRequest unknown;
+  unknown.dp = "zz";
+  auto ur = client->Call(unknown);
+  ASSERT_TRUE(ur);
+  EXPECT_EQ(std::get<msg::ErrorReply>(*ur).kind, msg::ErrorKind::kUnknownDp);
+}
+
 INSTANTIATE_TEST_SUITE_P(CommitModes, BrokerProcessTest, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? std::string("Pipelined") : std::string("Inline");
