@@ -726,11 +726,10 @@ struct Engine::Impl {
           if (link) {
             const struct stat& ls = job.live_stats[e.path];
             bool linked = false;
-            if (have != nullptr && have->type != DT_DIR && have->ino == ls.st_ino) {
-              // The spare already holds the live file itself (same inode): nothing to do.
-              struct stat st;
-              linked = os.FstatAt(L.dst.get(), e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                       st.st_ino == ls.st_ino && st.st_dev == ls.st_dev;
+            if (have != nullptr && have->type == DT_REG && have->ino == ls.st_ino) {
+              // The spare already holds the live file itself (same inode, as readdir reports it:
+              // staging is one filesystem with no mount points inside): nothing to do.
+              linked = true;
             }
             if (!linked) {
               DESPOOL_RETURN_IF_ERROR(ClearExisting(L, e.name));
