@@ -380,14 +380,14 @@ TEST_F(SystemTest, WorkerKill9MidCopyAndMidSwitch) {
 // Workers added and drained (SIGTERM) while jobs run; drained workers exit 0, nothing is lost.
 TEST_F(SystemTest, WorkersAddedAndDrainedUnderLoad) {
   shape_.data_files = 3;
-  shape_.big_bytes = 1u << 20;
+  shape_.big_bytes = 2u << 20;
   StartBroker();
   const std::vector<std::string> dps{Dp("d1"), Dp("d2")};
   std::vector<std::string> pkgs;
   for (int i = 0; i < 12; ++i) pkgs.push_back("r" + std::to_string(i));
   StartValidator({"d1", "d2"}, pkgs, 3);
   StartHostile();
-  const std::vector<std::string> slow{"--max-bytes-per-second", "3000000", "--drain-timeout", "300ms"};
+  const std::vector<std::string> slow{"--max-bytes-per-second", "2000000", "--drain-timeout", "300ms"};
   StartWorker("w1", dps, slow);
   for (std::uint64_t v = 1; v <= 3; ++v) {
     std::vector<msg::Instruction> ins;
