@@ -88,8 +88,8 @@ class CrashTest : public ::testing::Test {
 
 // v2 from v1: some files unchanged (linked), some changed, one removed, one added.
 void MakePair(const std::string& v1, const std::string& v2) {
-  MakeVersion(v1, 1, TreeOptions{6, 2, true, true, 300});
-  MakeVersion(v2, 1, TreeOptions{6, 2, true, true, 300});
+  MakeVersion(v1, 1, TreeOptions{5, 2, true, true, 300});
+  MakeVersion(v2, 1, TreeOptions{5, 2, true, true, 300});
   WriteFile(v2 + "/d1/f1.bin", "changed", 0644, 1800000000);
   fs::remove(v2 + "/f2.bin");
   WriteFile(v2 + "/added/new.txt", "new", 0600, 1800000001);
@@ -105,7 +105,7 @@ void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
   std::string v0 = t->tmp / "v0", v1 = t->tmp / "v1", v2 = t->tmp / "v2";
   MakePair(v1, v2);
   if (with_spare) {
-    MakeVersion(v0, 0, TreeOptions{6, 2, true, false, 300});
+    MakeVersion(v0, 0, TreeOptions{5, 2, true, false, 300});
     WriteFile(v0 + "/added", "a file where v2 has a dir", 0644, 1700000000);
     WriteFile(v0 + "/gone/old.txt", "only in v0", 0644, 1700000000);
     WriteFile(v0 + "/d1/f1.bin", "v0 content", 0644, 1600000000);

@@ -408,7 +408,7 @@ struct FaultCase {
 
 TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2";
-  MakeVersion(v1, 1, TreeOptions{12, 3, true, true, 3u << 20});  // multi-chunk copies
+  MakeVersion(v1, 1, TreeOptions{12, 3, true, true, 64u << 10});
   // v2: half the files unchanged (linked), half changed (copied).
   fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
   for (auto& [rel, node] : Snap(v1)) {
@@ -417,7 +417,7 @@ TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
   for (int i = 0; i < 12; i += 2) {
     std::string rel = (i % 3 == 0 ? std::string() : "d" + std::to_string(i % 3) + "/") + "f" +
                       std::to_string(i) + ".bin";
-    WriteFile(v2 + "/" + rel, Content(rel + "v2", (3u << 20) + 5), 0644, 1800000000);
+    WriteFile(v2 + "/" + rel, Content(rel + "v2", (64u << 10) + 5), 0644, 1800000000);
   }
   const FaultCase cases[] = {{"CopyFileRange", 3, ENOSPC}, {"CopyFileRange", 1, EIO},
                              {"Syncfs", 1, EIO},           {"Pread", 2, EIO},
