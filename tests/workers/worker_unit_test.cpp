@@ -234,5 +234,42 @@ TEST(ReleaseWatcherCapTest, RefusesWhatDoesNotFitTheCap) {
   EXPECT_EQ(w.inotify_watches(), 0u);
 }
 
+// A probe that costs time and finds everything free.
+class SlowFreeProbe final : public InUseProbe {
+ public:
+  const char* name() const override { return "slow-free"; }
+  Result<InUseReport> Check(int, const std::vector<std::string>&) override {
+    std::this_thread::sleep_for(milliseconds(5));  // stands in for the cost of a /proc scan
+    ++calls;
+    return InUseReport{};
+  }
+  int calls = 0;
+};
+
+TEST(ReleaseWatcherCapTest, ProbingStaysWithinItsTimeBudget) {
+  TempDir tmp;
+  WriteFile(tmp / "pkg/a", "a");
+  ReleaseWatcherOptions options;
+  options.probe_budget_per_second = milliseconds(1);
+  auto probe = std::make_unique<SlowFreeProbe>();
+  SlowFreeProbe* raw = probe.get();
+  ReleaseWatcher w(options, std::move(probe));
+  ASSERT_TRUE(w.Init().ok());
+  const auto now = std::chrono::steady_clock::now();
+  ASSERT_TRUE(w.Watch(WatchRequest{"j1", 1, tmp / "pkg", {"a"}, {}}, now));
+  ASSERT_TRUE(w.Watch(WatchRequest{"j2", 1, tmp / "pkg", {"a"}, {}}, now));
+  std::vector<zmq_pollitem_t> items;
+  w.AppendPollItems(items);
+  EXPECT_EQ(w.Process(items, now).size(), 1u) << "one 5 ms probe uses up a 1 ms budget";
+  EXPECT_EQ(raw->calls, 1);
+  w.AppendPollItems(items);
+  EXPECT_TRUE(w.Process(items, now + milliseconds(10)).empty());
+  ASSERT_TRUE(w.NextDeadline().has_value());
+  EXPECT_GE(*w.NextDeadline(), now + std::chrono::seconds(1)) << "throttled probes must not busy-loop";
+  w.AppendPollItems(items);
+  EXPECT_EQ(w.Process(items, now + std::chrono::seconds(1)).size(), 1u);
+  EXPECT_EQ(w.jobs(), 0u);
+}
+
 }  // namespace
 }  // namespace despool::workers::service

@@ -231,10 +231,22 @@ std::vector<Released> ReleaseWatcher::Process(const std::vector<zmq_pollitem_t>&
     GetLogger("worker")->debug("release watch expired job={}", id);
     Drop(id);
   }
+  if (now - budget_window_ >= std::chrono::seconds(1)) {
+    budget_window_ = now;
+    budget_used_ = Clock::duration::zero();
+    throttled_until_.reset();
+  }
   for (const auto& id : due) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    if (Probe(id, it->second, now)) {
+    if (budget_used_ >= options_.probe_budget_per_second) {
+      throttled_until_ = budget_window_ + std::chrono::seconds(1);
+      break;  // the rest stay due for the next window
+    }
+    const auto t0 = Clock::now();
+    const bool free = Probe(id, it->second, now);
+    budget_used_ += Clock::now() - t0;
+    if (free) {
       released.push_back({id, it->second.attempt});
       Drop(id);
     }
@@ -293,6 +305,8 @@ std::optional<ReleaseWatcher::Clock::time_point> ReleaseWatcher::NextDeadline() 
     Clock::time_point t = std::min(job.next_probe, job.started + options_.max_watch_time);
     if (!next || t < *next) next = t;
   }
+  // Over the probe budget: due probes wait for the next window (no busy loop).
+  if (next && throttled_until_ && *next < *throttled_until_) next = *throttled_until_;
   return next;
 }
 

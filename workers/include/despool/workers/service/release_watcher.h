@@ -12,8 +12,9 @@
 // probe); only a complete report with nothing in use counts as released.
 //
 // Bounded: at most max_watches inotify watches and max_pidfds pidfds over all jobs (a job that
-// does not fit is not watched: the broker's timer still applies), and each job is watched at
-// most max_watch_time. Loop-thread only (not thread-safe).
+// does not fit is not watched: the broker's timer still applies), each job is watched at most
+// max_watch_time, and probing takes at most probe_budget_per_second of the caller's thread.
+// Loop-thread only (not thread-safe).
 #pragma once
 
 #include <zmq.h>
@@ -37,9 +38,12 @@ struct ReleaseWatcherOptions {
   std::size_t max_watches = 4096;
   std::size_t max_pidfds = 256;
   std::chrono::milliseconds reprobe_interval{1000};   // no holder known for some path
-  std::chrono::milliseconds safety_interval{10000};   // every watched job
+  std::chrono::milliseconds safety_interval{30000};   // every watched job
   std::chrono::milliseconds debounce{20};             // between two probes of one job
   std::chrono::milliseconds max_watch_time{std::chrono::hours(1)};
+  // Probing runs on the caller's (event loop) thread: at most this much probe time per second
+  // (a /proc scan on a busy host costs milliseconds); due probes beyond it wait.
+  std::chrono::milliseconds probe_budget_per_second{100};
 };
 
 struct WatchRequest {
@@ -129,6 +133,9 @@ class ReleaseWatcher {
   std::vector<PidItem> pid_items_;
   std::uint64_t probe_count_ = 0;
   std::uint64_t probe_us_total_ = 0;
+  Clock::time_point budget_window_{};
+  Clock::duration budget_used_{};
+  std::optional<Clock::time_point> throttled_until_;
 };
 
 }  // namespace despool::workers::service
