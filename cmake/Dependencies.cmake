@@ -12,6 +12,8 @@ find_package(CLI11 REQUIRED)
 find_package(nlohmann_json REQUIRED)  # JSON output (--json, log lines, HTTP API)
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+# The broker's HTTP endpoint (/metrics, /api/v1, dashboard): a compiled library, no CMake config.
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 if(DESPOOL_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

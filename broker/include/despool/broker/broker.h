@@ -27,6 +27,7 @@ struct BoundEndpoints {
   std::string frontend;
   std::string backend;
   std::string events;
+  std::string http;  // "http://HOST:PORT" when the HTTP endpoint is on, else empty
 };
 
 // Where the loop's time goes (for benchmarks and logs). Nanoseconds of steady clock.
