@@ -62,7 +62,9 @@ void Core::Recover(LoadedState st, std::int64_t now_ms) {
         break;
       case JobState::kDeferred:
         lanes_[key].pending.insert(id);
-        due_.push({r.info.next_attempt_at_ms.value_or(now_ms), id});
+        if (!r.info.next_attempt_at_ms) r.info.next_attempt_at_ms = now_ms;
+        due_.push({*r.info.next_attempt_at_ms, id});
+        Park(it);
         break;
       case JobState::kRunning:
         // Its worker may still finish it and resend the result; give it time to reconnect.
@@ -143,6 +145,36 @@ void Core::Defer(JobRecord& r, std::int64_t due_ms, std::int64_t now_ms) {
   lanes_[KeyOf(r)].pending.insert(r.info.id);
   due_.push({due_ms, r.info.id});
   Emit(r, now_ms);
+  Park(active_.find(r.info.id));  // r is gone from here on
+}
+
+// A deferred job may wait for hours and there may be a million of them: memory keeps only what
+// the timers and hints need; the full record is in the batch/store and reloaded when it moves.
+void Core::Park(std::unordered_map<std::string, JobRecord>::iterator it) {
+  const JobRecord& r = it->second;
+  Parked p;
+  p.due_ms = r.info.next_attempt_at_ms.value_or(0);
+  p.attempt_token = r.attempt_token;
+  p.attempts = r.info.attempts;
+  p.released_step = r.released_step;
+  parked_.emplace(it->first, p);
+  active_.erase(it);
+}
+
+JobRecord* Core::Active(const std::string& id) {
+  if (auto it = active_.find(id); it != active_.end()) return &it->second;
+  auto p = parked_.find(id);
+  if (p == parked_.end()) return nullptr;
+  auto full = LookupInactive(id);
+  if (!full) {
+    GetLogger("broker")->error("deferred job missing from the store job={}", id);
+    return nullptr;
+  }
+  // Hints change the parked copy only; carry that over.
+  full->released_step = p->second.released_step;
+  full->info.next_attempt_at_ms = p->second.due_ms;
+  parked_.erase(p);
+  return &active_.emplace(id, std::move(*full)).first->second;
 }
 
 void Core::ReleaseRunning(JobRecord& r) {
@@ -161,8 +193,8 @@ void Core::ReleaseRunning(JobRecord& r) {
 
 // Ends a job in a terminal state and drops it from memory (the batch keeps the final row).
 void Core::Finish(const std::string& id, JobState state, std::int64_t now_ms) {
+  if (Active(id) == nullptr) return;
   auto it = active_.find(id);
-  if (it == active_.end()) return;
   JobRecord& r = it->second;
   if (r.info.state == JobState::kRunning) ReleaseRunning(r);
   Unready(id);
@@ -216,8 +248,8 @@ void Core::Admit(JobRecord job, std::int64_t now_ms) {
     // Something newer already pending or running: this one is obsolete from the start.
     bool obsolete = false;
     for (const auto& pid : lane.pending) {
-      const JobRecord& p = active_.at(pid);
-      if (p.info.kind == msg::JobKind::kRefresh && p.info.version > job.info.version) obsolete = true;
+      const JobRecord* p = Active(pid);
+      if (p && p->info.kind == msg::JobKind::kRefresh && p->info.version > job.info.version) obsolete = true;
     }
     if (!lane.running.empty()) {
       const JobRecord& run = active_.at(lane.running);
@@ -234,8 +266,10 @@ void Core::Admit(JobRecord job, std::int64_t now_ms) {
     }
     std::vector<std::string> replaced;
     for (const auto& pid : lane.pending) {
-      const JobRecord& p = active_.at(pid);
-      if (p.info.kind == msg::JobKind::kRefresh && p.info.version <= job.info.version) replaced.push_back(pid);
+      const JobRecord* p = Active(pid);
+      if (p && p->info.kind == msg::JobKind::kRefresh && p->info.version <= job.info.version) {
+        replaced.push_back(pid);
+      }
     }
     for (const auto& pid : replaced) Finish(pid, JobState::kSuperseded, now_ms);
     Lane& lane2 = lanes_[key];  // Finish may have erased and re-created nothing; re-lookup
@@ -358,6 +392,9 @@ msg::Body Core::Verify(const msg::VerifyRequest& req, std::int64_t now_ms) {
 }
 
 msg::Body Core::Retry(const msg::RetryRequest& req, std::int64_t now_ms) {
+  if (parked_.count(req.job_id) != 0) {
+    return Err(msg::ErrorKind::kConflict, "job " + req.job_id + " is deferred; only dead jobs can be retried");
+  }
   if (auto it = active_.find(req.job_id); it != active_.end()) {
     return Err(msg::ErrorKind::kConflict, "job " + req.job_id + " is " + msg::ToString(it->second.info.state) +
                                               "; only dead jobs can be retried");
@@ -384,6 +421,7 @@ msg::Body Core::Retry(const msg::RetryRequest& req, std::int64_t now_ms) {
 }
 
 msg::Body Core::Cancel(const msg::CancelRequest& req, std::int64_t now_ms) {
+  (void)Active(req.job_id);  // unpark a deferred job
   auto it = active_.find(req.job_id);
   if (it == active_.end()) {
     auto found = LookupInactive(req.job_id);
@@ -456,6 +494,15 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
   if (auto* hint = std::get_if<msg::ReleaseHint>(&body)) {
     // Accepted from any peer: a hint only shortens a wait the job already has, and at most
     // once per backoff step (released_step remembers the step already shortened).
+    if (auto p = parked_.find(hint->job_id); p != parked_.end()) {
+      Parked& pk = p->second;
+      if (pk.attempt_token == hint->attempt && pk.released_step != pk.attempts) {
+        pk.released_step = pk.attempts;
+        pk.due_ms = now_ms;
+        due_.push({now_ms, hint->job_id});
+      }
+      return;
+    }
     auto it = active_.find(hint->job_id);
     if (it != active_.end() && it->second.info.state == JobState::kDeferred &&
         it->second.attempt_token == hint->attempt && it->second.released_step != it->second.info.attempts) {
@@ -650,6 +697,10 @@ void Core::Tick(std::int64_t now_ms) {
   while (!due_.empty() && due_.top().first <= now_ms) {
     auto [due, id] = due_.top();
     due_.pop();
+    if (auto p = parked_.find(id); p != parked_.end()) {
+      if (p->second.due_ms != due) continue;  // rescheduled (a hint)
+      if (Active(id) == nullptr) continue;
+    }
     auto it = active_.find(id);
     if (it == active_.end() || it->second.info.state != JobState::kDeferred) continue;
     if (it->second.info.next_attempt_at_ms.value_or(due) != due) continue;  // rescheduled

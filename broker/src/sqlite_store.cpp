@@ -190,6 +190,7 @@ class SqliteStore final : public Store {
   explicit SqliteStore(SqliteOptions opts) : opts_(opts) {}
   ~SqliteStore() override {
     // Statements first: sqlite3_close refuses while any is alive.
+    get_job_.reset();
     upsert_job_.reset();
     insert_attempt_.reset();
     insert_dp_.reset();
@@ -213,7 +214,7 @@ class SqliteStore final : public Store {
                                                                 : "PRAGMA synchronous=NORMAL"));
     DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=OFF"));
     DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA temp_store=MEMORY"));
-    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA cache_size=-65536"));
+    DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA cache_size=-" + std::to_string(opts_.cache_kib)));
     DESPOOL_RETURN_IF_ERROR(Migrate());
     DESPOOL_RETURN_IF_ERROR(PrepareStatements());
     return Status::Ok();
@@ -294,16 +295,24 @@ class SqliteStore final : public Store {
   }
 
   Result<std::optional<JobRecord>> GetJob(const std::string& id) override {
-    Stmt q;
-    DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id=?"));
+    // Prepared once: deferred jobs are reloaded through here when they come due.
+    if (!get_job_) {
+      get_job_ = std::make_unique<Stmt>();
+      DESPOOL_RETURN_IF_ERROR(get_job_->Prepare(db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id=?"));
+    }
+    Stmt& q = *get_job_;
     q.Bind(1, id);
+    int rc = SQLITE_ERROR;
+    std::optional<JobRecord> found;
     try {
-      int rc = sqlite3_step(q.get());
-      if (rc == SQLITE_ROW) return std::optional<JobRecord>(ReadJob(q.get()));
-      if (rc == SQLITE_DONE) return std::optional<JobRecord>();
+      rc = sqlite3_step(q.get());
+      if (rc == SQLITE_ROW) found = ReadJob(q.get());
     } catch (const std::exception& e) {
+      q.Reset();
       return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
     }
+    q.Reset();
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE) return found;
     return SqlError(db_, "get job");
   }
 
@@ -651,6 +660,7 @@ class SqliteStore final : public Store {
 
   SqliteOptions opts_;
   sqlite3* db_ = nullptr;
+  std::unique_ptr<Stmt> get_job_;
   std::unique_ptr<Stmt> upsert_job_, insert_attempt_, insert_dp_, insert_event_, set_meta_, begin_,
       commit_, rollback_;
   std::uint64_t oldest_event_ = 0;

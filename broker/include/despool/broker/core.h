@@ -94,7 +94,7 @@ class Core {
   std::vector<std::string> KnownDps() const;
   bool DpOnline(const std::string& dp) const;
   std::uint64_t LastEventSeq() const { return last_event_seq_; }
-  std::size_t ActiveJobs() const { return active_.size(); }
+  std::size_t ActiveJobs() const { return active_.size() + parked_.size(); }
 
   // How late due retries became queued (ms after their due time), for benchmarks.
   struct LatenessHistogram {
@@ -146,7 +146,18 @@ class Core {
   void Admit(JobRecord job, std::int64_t now_ms);
   void Emit(JobRecord& r, std::int64_t now_ms);
   void Enqueue(JobRecord& r, std::int64_t now_ms);                 // -> queued, ready list
+  // -> deferred; parks the job (r is no longer valid afterwards).
   void Defer(JobRecord& r, std::int64_t due_ms, std::int64_t now_ms);
+  // Deferred jobs live in parked_ in a compact form; Active() brings one back (from the batch
+  // or the store) when it has to move.
+  struct Parked {
+    std::int64_t due_ms = 0;
+    std::uint64_t attempt_token = 0;
+    std::uint32_t attempts = 0;
+    std::uint32_t released_step = 0;
+  };
+  void Park(std::unordered_map<std::string, JobRecord>::iterator it);
+  JobRecord* Active(const std::string& id);
   void Finish(const std::string& id, msg::JobState state, std::int64_t now_ms);
   void Unready(const std::string& id);
   void ReleaseRunning(JobRecord& r);                                // from lane and worker
@@ -172,7 +183,8 @@ class Core {
   std::vector<std::string> known_dps_;                // order of first sight
   std::set<std::string> known_dp_set_;
 
-  std::unordered_map<std::string, JobRecord> active_;  // queued, running, deferred
+  std::unordered_map<std::string, JobRecord> active_;  // queued, running, (unparked) deferred
+  std::unordered_map<std::string, Parked> parked_;     // deferred
   std::map<LaneKey, Lane> lanes_;
   // dp -> queued jobs in the order they became queued.
   std::map<std::string, std::set<std::pair<std::uint64_t, std::string>>> ready_;

@@ -91,6 +91,7 @@ struct SqliteOptions {
   SyncMode sync = SyncMode::kFull;             // FULL: fsync on every commit (power-loss safe)
   std::uint64_t events_retention = 100'000;    // state events kept
   int busy_timeout_ms = 5000;
+  std::int64_t cache_kib = 32768;              // SQLite page cache per connection
 };
 
 // Opens (creating and migrating as needed) the SQLite store at path; ":memory:" for tests.
