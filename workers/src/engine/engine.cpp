@@ -100,6 +100,19 @@ struct JournalRecord {
   }
 };
 
+// A read buffer allocated on first use and not zero-filled.
+class IoBuffer {
+ public:
+  char* data() {
+    if (!data_) data_ = std::make_unique_for_overwrite<char[]>(kHashBuf);
+    return data_.get();
+  }
+  size_t size() const { return kHashBuf; }
+
+ private:
+  std::unique_ptr<char[]> data_;
+};
+
 // Descriptors of ROOT and ROOT/.despool/*.
 struct Dirs {
   Fd root, meta, staging, state, journal, trash, locks;
@@ -360,6 +373,7 @@ struct Engine::Impl {
     Progress prog;
     Clock::time_point last_progress{};
     bool staged_complete = false;  // the staged manifest is written
+    IoBuffer buf;
   };
 
   void Report(Job& job, Phase phase, bool force = true) {
@@ -401,13 +415,13 @@ struct Engine::Impl {
     return o;
   }
 
-  // Hashes a whole file from offset 0.
-  Result<std::uint64_t> HashFd(int fd, const std::string& what) {
+  // Hashes a whole file from offset 0, reading through `buf` (one per refresh: allocating a
+  // fresh megabyte per file costs more than hashing small files).
+  Result<std::uint64_t> HashFd(int fd, const std::string& what, IoBuffer& buf) {
     XXH3_state_t* state = XXH3_createState();
     if (state == nullptr) return MakeError(ErrorCode::kResourceExhausted, "XXH3_createState");
     std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> guard(state, &XXH3_freeState);
     XXH3_64bits_reset(state);
-    std::vector<char> buf(kHashBuf);
     off_t off = 0;
     for (;;) {
       ssize_t n = os.Pread(fd, buf.data(), buf.size(), off);
@@ -458,7 +472,7 @@ struct Engine::Impl {
     const auto size = static_cast<std::uint64_t>(before.st_size);
     std::uint64_t done = 0;
     bool use_cfr = true;
-    std::vector<char> buf;
+    IoBuffer& buf = job.buf;
     bool first_chunk = true;
     while (done < size) {
       size_t chunk = static_cast<size_t>(std::min<std::uint64_t>(kCopyChunk, size - done));
@@ -476,7 +490,6 @@ struct Engine::Impl {
           continue;
         }
       } else {
-        if (buf.empty()) buf.resize(kHashBuf);
         n = os.Pread(src.get(), buf.data(), std::min(chunk, buf.size()), static_cast<off_t>(done));
         if (n > 0) {
           ssize_t off = 0;
@@ -503,7 +516,7 @@ struct Engine::Impl {
       }
       Report(job, Phase::kStage, false);
     }
-    DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path));
+    DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path, job.buf));
     if (os.Fchmod(dst.get(), e.st.st_mode & 07777) != 0) return SysError("chmod " + e.path, errno);
     const struct timespec times[2] = {{0, UTIME_OMIT}, e.st.st_mtim};
     if (os.Futimens(dst.get(), times) != 0) return SysError("set mtime " + e.path, errno);
@@ -720,7 +733,7 @@ struct Engine::Impl {
             int raw = os.OpenAt(L.src.get(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
             if (raw < 0) return SourceChanged(e.path);
             Fd f(&os, raw);
-            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f.get(), "source " + e.path));
+            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f.get(), "source " + e.path, job.buf));
             link = old != nullptr && h == old->hash;
           }
           if (link) {
@@ -1235,6 +1248,7 @@ struct Engine::Impl {
                                     const VerifyOptions& options) {
     VerifyReport r;
     r.version = m.version;
+    IoBuffer buf;
     std::unordered_map<std::string, struct stat> live;
     auto live_fd = internal::OpenDir(os, d.root.get(), pkg);
     if (!live_fd.ok()) {
@@ -1279,7 +1293,7 @@ struct Engine::Impl {
           if (same && options.content) {
             auto f = internal::OpenBeneath(os, live_fd->get(), e.path, O_RDONLY | O_NONBLOCK);
             if (!f.ok()) return f.take_error();
-            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f->get(), e.path));
+            DESPOOL_ASSIGN_OR_RETURN(std::uint64_t h, HashFd(f->get(), e.path, buf));
             same = h == e.hash;
           }
           break;
