@@ -176,9 +176,11 @@ int main(int argc, char** argv) {
         for (int i = next++; i < instructions; i = next++) {
           despool::msg::SubmitRequest req;
           despool::msg::Instruction in;
-          in.package = "p" + std::to_string(i);
+          // (Appending, not "p" + to_string(i): g++ 12 -O3 warns -Wrestrict on that, GCC bug 105329.)
+          in.package = "p";
+          in.package += std::to_string(i);
           in.version = 1;
-          in.source = dir + "/src/p" + std::to_string(i);
+          in.source = dir + "/src/" + in.package;
           in.dps = {"lab1"};
           req.instructions.push_back(in);
           const auto s = Clock::now();

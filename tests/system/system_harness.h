@@ -109,9 +109,10 @@ inline ExpectedTree Expected(const std::string& pkg, std::uint64_t v, const Pack
 inline std::string ExpectedContent(const std::string& pkg, std::uint64_t v, const std::string& rel,
                                    std::uint64_t size) {
   std::string head = rel == "common.txt" ? "P=" + pkg + " common\n" : "P=" + pkg + " V=" + std::to_string(v) + " F=" + rel + "\n";
+  const std::uint64_t salt = rel == "common.txt" ? 0 : v;
   std::string out = head;
   out.reserve(size);
-  while (out.size() < size) out += static_cast<char>('a' + (out.size() * 7 + v) % 26);
+  while (out.size() < size) out += static_cast<char>('a' + (out.size() * 7 + salt) % 26);
   out.resize(size);
   return out;
 }
@@ -128,6 +129,10 @@ inline std::string MakeSourceTree(const std::string& root, const std::string& pk
       WriteFile(dir + "/" + rel, ExpectedContent(pkg, v, rel, e.size));
     }
   }
+  // common.txt is the same file in every version: same content, mode and mtime (mtimes are
+  // carried to the DP, so a different mtime would make it a changed file).
+  const timespec fixed[2] = {{1700000000, 0}, {1700000000, 0}};
+  ::utimensat(AT_FDCWD, (dir + "/common.txt").c_str(), fixed, 0);
   return dir;
 }
 

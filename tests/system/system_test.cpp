@@ -463,6 +463,20 @@ TEST_F(SystemTest, DpsByPackagesByVersionsWithReaders) {
       held[{dp_names[d], pkgs[p]}] = rel;
     }
     readers_total += nreaders;
+    // A reader on a file no version changes (common.txt, linked from the live tree) must not
+    // block: its package is refreshed at once and the held inode stays the live one.
+    std::pair<int, int> free_pair{-1, -1};
+    for (int d = 0; d < ndp && free_pair.first < 0; ++d) {
+      for (int p = 0; p < npkg && free_pair.first < 0; ++p) {
+        if (!taken.count({d, p})) free_pair = {d, p};
+      }
+    }
+    std::unique_ptr<Reader> unchanged_reader;
+    if (free_pair.first >= 0) {
+      unchanged_reader = std::make_unique<Reader>(
+          Live(dp_names[free_pair.first], pkgs[free_pair.second]) + "/common.txt", HolderProcess::Mode::kOpen);
+      ASSERT_TRUE(unchanged_reader->ready() && unchanged_reader->held_live()) << unchanged_reader->error();
+    }
     submit_all(base + 2);
     const std::vector<std::string> newest = submit_all(base + 3);
 
@@ -476,24 +490,54 @@ TEST_F(SystemTest, DpsByPackagesByVersionsWithReaders) {
       }
       return true;
     };
+    // (A job flips between deferred and running on each retry: a sighting counts once made.)
+    std::set<std::string> seen_deferred;
     ASSERT_TRUE(WaitFor(
         [&] {
           if (!refresh()) return false;
+          bool all = true;
           for (const auto& id : newest) {
             const auto& j = jobs[id];
             auto h = held.find({j.dp, j.package});
             if (h == held.end()) {
-              if (!msg::IsTerminal(j.state)) return false;
-            } else if (j.state != msg::JobState::kDeferred ||
-                       std::count(j.in_use.begin(), j.in_use.end(), h->second) != 1) {
-              return false;
+              if (!msg::IsTerminal(j.state)) all = false;
+            } else if (j.state == msg::JobState::kDeferred &&
+                       std::count(j.in_use.begin(), j.in_use.end(), h->second) == 1) {
+              seen_deferred.insert(id);
+            } else if (!seen_deferred.count(id)) {
+              all = false;
+            }
+            if (h != held.end()) {
+              EXPECT_FALSE(msg::IsTerminal(j.state)) << id << " ended while its file was held: " << msg::ToString(j.state);
             }
           }
-          return true;
+          return all;
         },
-        seconds(180)))
-        << Logs();
+        seconds(90)))
+        << [&] {
+             std::string pending;
+             for (const auto& id : newest) {
+               const auto& j = jobs[id];
+               if (msg::IsTerminal(j.state) || seen_deferred.count(id)) continue;
+               pending += "\n  " + id + " " + j.dp + "/" + j.package + " " + msg::ToString(j.state) +
+                          " attempts=" + std::to_string(j.attempts) + " held=" +
+                          (held.count({j.dp, j.package}) ? held[{j.dp, j.package}] : std::string("-")) +
+                          " in_use=" + (j.in_use.empty() ? std::string("-") : j.in_use[0]) + " " +
+                          j.last_error.value_or("");
+             }
+             return "not settled:" + pending + "\n" + Logs();
+           }();
     deferrals += static_cast<int>(held.size());
+    if (unchanged_reader) {
+      for (const auto& id : newest) {
+        const auto& j = jobs[id];
+        if (j.dp != dp_names[free_pair.first] || j.package != pkgs[free_pair.second]) continue;
+        EXPECT_EQ(j.state, msg::JobState::kApplied) << "a held unchanged file blocked " << id << ": "
+                                                    << j.last_error.value_or("");
+        EXPECT_EQ(j.attempts, 0u) << id;
+      }
+      EXPECT_EQ(unchanged_reader->ReleaseAndCheck(), "") << "the unchanged file was not linked into the new version";
+    }
     ASSERT_TRUE(validator_->WaitForFreshScans(seconds(30)));
 
     // Release in random order; each held file must still be the live one.
