@@ -304,7 +304,7 @@ class TestWorker : public Peer {
   }
 
   void PumpOnce(std::chrono::milliseconds wait) {
-    if (!silent && Clock::now() - last_hb_ > 200ms) {
+    if (!silent && Clock::now() - last_hb_ > 50ms) {
       Send(msg::Heartbeat{});
       last_hb_ = Clock::now();
     }

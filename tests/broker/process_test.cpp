@@ -23,7 +23,7 @@ names = ["a", "b"]
 ab = ["a", "b"]
 [heartbeat]
 interval = "100ms"
-liveness = 3
+liveness = 10
 orphan_grace = "1s"
 [retry]
 base = "30s"
@@ -230,7 +230,7 @@ TEST_P(BrokerProcessTest, LostWorkerJobsAreRequeuedWithoutAnAttempt) {
   auto jobs = client->Submit(Refresh("pkg", 1, {"a"}));
   ASSERT_TRUE(w1->PumpUntil([&] { return !w1->dispatches.empty(); }, 5s));
   const auto first = w1->dispatches.front();
-  // w1 goes silent; w2 is healthy and gets the job once w1 is declared lost (3 x 100 ms).
+  // w1 goes silent; w2 is healthy and gets the job once w1 is declared lost (10 x 100 ms).
   w1->silent = true;
   auto w2 = NewWorker("w2");
   ASSERT_TRUE(w2->Register({"a"}, 1));
@@ -271,43 +271,37 @@ TEST_P(BrokerProcessTest, OnePackagePerDpInFlightAcrossManyWorkers) {
       latest[pkg] = j[0].id;
     }
   }
-  // Workers answer one pump later; the test checks the in-flight set across all of them.
+  // Dispatches are held for one full pass over all workers before being answered, so a second
+  // dispatch of the same package (to any worker) would be seen while the first is in flight.
   std::map<std::string, std::string> in_flight;  // package -> job id
+  std::vector<std::pair<TestWorker*, msg::Dispatch>> held;
   std::mt19937 rng(1);
-  std::size_t finished = 0;
   const auto deadline = Clock::now() + 20s;
-  std::set<std::string> ended;
-  while (Clock::now() < deadline && ended.size() < ids.size()) {
+  while (Clock::now() < deadline) {
+    for (auto& [w, d] : held) {
+      bool cancelled = false;
+      for (const auto& c : w->cancels) cancelled |= c.job_id == d.job_id;
+      in_flight.erase(d.package);
+      w->Result(d, cancelled || (rng() % 2) ? Outcome::kCancelled : Outcome::kApplied);
+    }
+    held.clear();
     for (auto& w : workers) {
-      w->PumpOnce(2ms);
+      for (int i = 0; i < 3; ++i) w->PumpOnce(2ms);
       for (const auto& d : w->dispatches) {
         ASSERT_EQ(in_flight.count(d.package), 0u)
             << "two jobs of " << d.package << " in flight: " << in_flight[d.package] << " and " << d.job_id;
         in_flight[d.package] = d.job_id;
-      }
-      // Answer everything received: cancelled when asked, else applied.
-      for (const auto& d : w->dispatches) {
-        bool cancelled = false;
-        for (const auto& c : w->cancels) cancelled |= c.job_id == d.job_id;
-        in_flight.erase(d.package);
-        w->Result(d, cancelled || (rng() % 2) ? Outcome::kCancelled : Outcome::kApplied);
-        ++finished;
+        held.push_back({w.get(), d});
       }
       w->dispatches.clear();
     }
-    ended.clear();
     msg::StatusRequest all;
     all.limit = 0;
     auto reply = client->Call(all);
     ASSERT_TRUE(reply);
-    for (const auto& j : std::get<msg::JobsReply>(*reply).jobs) {
-      if (msg::IsTerminal(j.state) || j.state == JobState::kQueued) ended.insert(j.id);
-    }
-    if (finished > 0) {
-      bool all_terminal = true;
-      for (const auto& j : std::get<msg::JobsReply>(*reply).jobs) all_terminal &= msg::IsTerminal(j.state);
-      if (all_terminal) break;
-    }
+    bool all_terminal = held.empty();
+    for (const auto& j : std::get<msg::JobsReply>(*reply).jobs) all_terminal &= msg::IsTerminal(j.state);
+    if (all_terminal) break;
   }
   // Cancelled without an operator cancel means "worker gave up": requeued, so keep going until
   // every package's newest version ended applied.
