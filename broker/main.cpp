@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "despool/broker/broker.h"
+#include "despool/broker/http_server.h"
 #include "despool/broker/settings.h"
 #include "despool/broker/store.h"
 #include "despool/common/cli.h"
@@ -48,6 +49,11 @@ int main(int argc, char** argv) {
                                        "Write the bound endpoints (frontend=, backend=, events=) to FILE "
                                        "once listening (useful with tcp://127.0.0.1:* ports)")
                             ->type_name("FILE");
+  std::string http;
+  auto* http_opt = app.add_option("--http", http,
+                                  "Observability HTTP endpoint HOST:PORT: /metrics, /api/v1, dashboard (port 0 "
+                                  "picks one; empty = off; non-loopback needs [http] token; docs/observability.md)")
+                       ->type_name("HOST:PORT");
   auto* sync_opt = app.add_flag("--sync-normal", sync_normal,
                                 "SQLite synchronous=NORMAL: survives a process crash, not a power loss "
                                 "(default FULL)");
@@ -65,6 +71,13 @@ int main(int argc, char** argv) {
     OverrideFromFlag(events_opt, events, settings.events);
     OverrideFromFlag(store_opt, store, settings.store_path);
     OverrideFromFlag(endpoints_opt, endpoints_file, settings.endpoints_file);
+    OverrideFromFlag(http_opt, http, settings.http);
+    if (!settings.http.empty()) {
+      if (Status st = broker::ValidateHttpOptions({settings.http, settings.http_token}); !st.ok()) {
+        std::cerr << "despool-broker: " << st.error().message << "\n";
+        return kExitUsage;
+      }
+    }
     if (GivenOnCommandLine(sync_opt) && sync_normal) settings.store.sync = broker::SyncMode::kNormal;
 
     auto log_options = ResolveLogOptions(common, settings.log_level, settings.log_format);

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "despool/broker/commit_thread.h"
+#include "despool/broker/observability.h"
 #include "despool/common/logging.h"
 #include "despool/common/time.h"
 #include "despool/messages/codec.h"
@@ -129,6 +130,10 @@ class Broker::Impl {
       commit_thread_ = std::make_unique<CommitThread>(*store_);
       if (!commit_thread_->ok()) return MakeError(ErrorCode::kIo, "cannot start the commit thread");
     }
+    if (!s_.http.empty()) {
+      DESPOOL_RETURN_IF_ERROR(obs_.StartHttp({s_.http, s_.http_token}, s_.store_path, s_.store, &out.http));
+    }
+    obs_.MaybePublish(*core_, m_, NowMs(), true);
     log_->info("listening frontend={} backend={} events={} pipelined_commits={}", out.frontend, out.backend,
                out.events, reader_ ? "yes" : "no");
     if (!s_.endpoints_file.empty()) {
@@ -136,6 +141,7 @@ class Broker::Impl {
       {
         std::ofstream f(tmp, std::ios::trunc);
         f << "frontend=" << out.frontend << "\nbackend=" << out.backend << "\nevents=" << out.events << "\n";
+        if (!out.http.empty()) f << "http=" << out.http << "\n";
         if (!f.good()) return MakeError(ErrorCode::kIo, "write endpoints file " + tmp);
       }
       std::error_code ec;
@@ -219,6 +225,7 @@ class Broker::Impl {
       // While a commit is in flight the round's changes keep accumulating in the Core's batch;
       // they go into the next transaction as soon as the current one is durable.
       if (!inflight_) DESPOOL_RETURN_IF_ERROR(StartCommit());
+      obs_.MaybePublish(*core_, m_, now);
     }
     // Drain: wait for the in-flight commit, then commit whatever accumulated meanwhile.
     while (inflight_ || core_->HasPendingOutput() || !accum_.replies.empty() || !accum_.queries.empty()) {
@@ -241,6 +248,7 @@ class Broker::Impl {
     std::string peer;
     std::uint64_t request_id = 0;
     Body body;
+    std::chrono::steady_clock::time_point received{};  // mutations: for the submit->ack histogram
   };
   // Everything that may only leave once a batch is committed, and that batch.
   struct Outputs {
@@ -344,7 +352,7 @@ class Broker::Impl {
         reply = core_->Verify(*r4, now);
       }
       // Sent after the round's commit: a publisher gets its ids only once they are durable.
-      accum_.replies.push_back({peer, env.request_id, std::move(reply)});
+      accum_.replies.push_back({peer, env.request_id, std::move(reply), std::chrono::steady_clock::now()});
       return;
     }
     if (IsFrontendQuery(b)) {
@@ -367,6 +375,7 @@ class Broker::Impl {
       worker_peers_.insert(peer);
     }
     if (std::holds_alternative<msg::Disconnect>(env.body)) worker_peers_.erase(peer);
+    obs_.OnWorkerMessage(peer, env.body);
     core_->OnWorkerMessage(peer, std::move(env.body), now);
   }
 
@@ -395,6 +404,7 @@ class Broker::Impl {
       m_.commit_ns += Ns(std::chrono::steady_clock::now() - t0);
       m_.commit_cpu_ns += static_cast<std::uint64_t>(ThreadCpuNs() - cpu0);
       if (!st.ok()) return CommitFailed(*out, st);
+      obs_.OnCommitted(m_.commit_ns, out->batch);
       Deliver(*out);
       return Status::Ok();
     }
@@ -409,6 +419,7 @@ class Broker::Impl {
     std::unique_ptr<Outputs> out = std::move(inflight_);
     core_->SetInFlight(nullptr);
     if (!st.ok()) return CommitFailed(*out, st);
+    obs_.OnCommitted(commit_thread_->commit_ns(), out->batch);
     Deliver(*out);
     return Status::Ok();
   }
@@ -430,6 +441,7 @@ class Broker::Impl {
   void Deliver(Outputs& out) {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& p : out.replies) {
+      if (std::holds_alternative<msg::SubmitReply>(p.body)) obs_.OnSubmitAcked(t0 - p.received);
       SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
     }
     for (auto& q : out.queries) {
@@ -438,6 +450,7 @@ class Broker::Impl {
     }
     for (auto& w : out.outbox) {
       if (std::holds_alternative<msg::Disconnect>(w.body)) worker_peers_.erase(w.peer);
+      obs_.OnSentToWorker(w.body);
       SendEnvelope(backend_, w.peer, Envelope{msg::kProtocolVersion, 0, std::move(w.body)});
     }
     const auto& events = out.batch.events;
@@ -463,7 +476,9 @@ class Broker::Impl {
       // with events-since (PROTOCOL.md 9).
       pub_.send(zmq::buffer(topic), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
       pub_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+      obs_.OnPublished(e, true);
     } catch (const zmq::error_t& err) {
+      obs_.OnPublished(e, false);
       log_->warn("publish failed error={}", LogQuote(err.what()));
     }
   }
@@ -516,6 +531,7 @@ class Broker::Impl {
   std::unique_ptr<Outputs> inflight_;  // waiting for the commit in progress
   std::set<std::string> worker_peers_;
   LoopMetrics m_;
+  Observability obs_;  // metrics, snapshots and the HTTP endpoint (its threads never touch the above)
 };
 
 Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store, std::unique_ptr<Store> reader)

@@ -30,6 +30,9 @@ Status LoadBrokerConfig(const std::string& path, BrokerSettings& s) {
   ConfigSection log = root.Section("log");
   log.Get("level", s.log_level);
   log.Get("format", s.log_format);
+  ConfigSection http = root.Section("http");
+  http.Get("listen", s.http);
+  http.Get("token", s.http_token);
 
   // DPs declared by name; DP groups below declare their members too.
   root.Section("dps").Get("names", s.core.dps, [](const std::vector<std::string>& v) -> Status {

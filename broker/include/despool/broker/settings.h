@@ -20,6 +20,10 @@ struct BrokerSettings {
   std::string endpoints_file;                      // written after bind (tests, scripts)
   std::string log_level;                           // empty = not set in the file
   std::string log_format;
+  // Observability HTTP endpoint (docs/observability.md): "HOST:PORT", empty = off; a bearer
+  // token for /metrics and /api (required unless HOST is loopback).
+  std::string http;
+  std::string http_token;
 
   SqliteOptions store;
   // Commit on a dedicated thread while the loop goes on (pipelined group commit); false: each
