@@ -245,7 +245,7 @@ TEST_F(SystemTest, BrokerKill9DuringSubmissionStream) {
   std::mutex mu;
   std::uint64_t unacked = 0, acked_instr = 0;
   std::thread submitter([&] {
-    Api api(broker_->frontend(), milliseconds(3000));
+    Api api(broker_->frontend(), milliseconds(1000));
     std::map<std::string, std::uint64_t> next;
     std::mt19937 rng(rng_());
     while (!stop) {
@@ -287,7 +287,7 @@ TEST_F(SystemTest, BrokerKill9DuringSubmissionStream) {
   submitter.join();
   std::printf("[ stream    ] %d broker kills, %llu instructions acknowledged, %llu unacknowledged\n", kills,
               static_cast<unsigned long long>(acked_instr), static_cast<unsigned long long>(unacked));
-  EXPECT_GT(acked_instr, 20u);
+  EXPECT_GE(acked_instr, 10u);
   CheckInvariants();
 }
 
