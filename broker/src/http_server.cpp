@@ -1,5 +1,6 @@
 #include "despool/broker/http_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
 
 #include <charconv>
@@ -24,8 +25,14 @@ constexpr std::uint32_t kDefaultPage = 100;
 constexpr std::uint32_t kMaxPage = 1000;
 constexpr std::uint64_t kMaxOffset = 1'000'000;
 
+// A literal loopback address (127.0.0.0/8, ::1) or "localhost"; names are not resolved here.
 bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;
 }
 
 void SendJson(httplib::Response& res, int status, const json& body) {

@@ -199,6 +199,9 @@ TEST(ObservabilityApi, NonLoopbackWithoutTokenIsAConfigError) {
   EXPECT_NE(ss.str().find("needs a bearer token"), std::string::npos) << ss.str();
   auto bad = RunProgram({BinDir() + "/despool-broker", "--http", "localhost", "--store", dir / "b.db"}, 30s);
   EXPECT_EQ(bad.exit_code, 2);
+  // A name that merely starts like a loopback address is not one.
+  auto named = RunProgram({BinDir() + "/despool-broker", "--http", "127.example.com:0", "--store", dir / "b.db"}, 30s);
+  EXPECT_EQ(named.exit_code, 2);
 }
 
 }  // namespace
