@@ -11,7 +11,11 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
+#include <random>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -1327,32 +1331,44 @@ Status Engine::CheckDpRoot(const std::string& dp_root) {
   Os& os = impl_->os;
   DESPOOL_ASSIGN_OR_RETURN(Dirs d, impl_->OpenDirs(dp_root, true));
   DESPOOL_ASSIGN_OR_RETURN(Fd check, internal::MakeDir(os, d.meta.get(), "check", 0755));
-  DESPOOL_RETURN_IF_ERROR(internal::RemoveChildren(os, check.get()));
-  std::string a = "a." + std::to_string(::getpid()), b = "b." + std::to_string(::getpid());
-  if (os.MkdirAt(check.get(), a.c_str(), 0700) != 0) return SysError("DP root not writable", errno);
-  if (os.MkdirAt(check.get(), b.c_str(), 0700) != 0) return SysError("DP root not writable", errno);
-  struct stat sa, sb, after;
-  if (os.FstatAt(check.get(), a.c_str(), &sa, AT_SYMLINK_NOFOLLOW) != 0 ||
-      os.FstatAt(check.get(), b.c_str(), &sb, AT_SYMLINK_NOFOLLOW) != 0) {
-    return SysError("stat scratch dirs", errno);
-  }
-  int rc = os.RenameAt2(check.get(), a.c_str(), check.get(), b.c_str(), RENAME_EXCHANGE);
-  int err = errno;
-  bool swapped = rc == 0 && os.FstatAt(check.get(), a.c_str(), &after, AT_SYMLINK_NOFOLLOW) == 0 &&
-                 after.st_ino == sb.st_ino;
-  Status cleanup = internal::RemoveChildren(os, check.get());
-  if (rc != 0) {
-    if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP) {
-      return MakeError(ErrorCode::kFailedPrecondition,
-                       "DP root " + dp_root + ": the filesystem does not support "
-                       "renameat2(RENAME_EXCHANGE); despool refuses it");
+  // Each check works in its own "<pid>.<random>" dir: several workers may start on one DP at
+  // once, and none may remove another's scratch dirs mid-check. Recover() removes the dirs of
+  // processes that no longer exist.
+  std::random_device random;
+  const std::string mine = std::to_string(::getpid()) + "." + std::to_string(random()) +
+                           std::to_string(random());
+  DESPOOL_ASSIGN_OR_RETURN(Fd scratch, internal::MakeDir(os, check.get(), mine, 0700));
+  const char* a = "a";
+  const char* b = "b";
+  auto check_exchange = [&]() -> Status {
+    if (os.MkdirAt(scratch.get(), a, 0700) != 0) return SysError("DP root not writable", errno);
+    if (os.MkdirAt(scratch.get(), b, 0700) != 0) return SysError("DP root not writable", errno);
+    struct stat sa, sb, after;
+    if (os.FstatAt(scratch.get(), a, &sa, AT_SYMLINK_NOFOLLOW) != 0 ||
+        os.FstatAt(scratch.get(), b, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+      return SysError("stat scratch dirs", errno);
     }
-    return SysError("renameat2(RENAME_EXCHANGE) on " + dp_root, err);
-  }
-  if (!swapped) {
-    return MakeError(ErrorCode::kFailedPrecondition,
-                     "DP root " + dp_root + ": RENAME_EXCHANGE did not swap the scratch dirs");
-  }
+    int rc = os.RenameAt2(scratch.get(), a, scratch.get(), b, RENAME_EXCHANGE);
+    int err = errno;
+    if (rc != 0) {
+      if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP) {
+        return MakeError(ErrorCode::kFailedPrecondition,
+                         "DP root " + dp_root + ": the filesystem does not support "
+                         "renameat2(RENAME_EXCHANGE); despool refuses it");
+      }
+      return SysError("renameat2(RENAME_EXCHANGE) on " + dp_root, err);
+    }
+    bool swapped = os.FstatAt(scratch.get(), a, &after, AT_SYMLINK_NOFOLLOW) == 0 &&
+                   after.st_ino == sb.st_ino;
+    if (!swapped) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "DP root " + dp_root + ": RENAME_EXCHANGE did not swap the scratch dirs");
+    }
+    return Status::Ok();
+  };
+  Status result = check_exchange();
+  Status cleanup = internal::RemoveTree(os, check.get(), mine);
+  if (!result.ok()) return result;
   return cleanup;
 }
 
@@ -1411,9 +1427,18 @@ Status Engine::Recover(const std::string& dp_root) {
       if (first_error.ok()) first_error = s;
     }
   }
-  // Scratch dirs of an interrupted CheckDpRoot.
+  // Scratch dirs of interrupted CheckDpRoot calls: only those of processes that are gone (a
+  // worker starting beside us may be checking right now).
   auto check = internal::OpenDir(os, d.meta.get(), "check");
-  if (check.ok()) (void)internal::RemoveChildren(os, check->get());
+  std::vector<DirEntry> scratch;
+  if (check.ok() && os.ReadDir(check->get(), &scratch) == 0) {
+    for (const auto& e : scratch) {
+      long pid = std::strtol(e.name.c_str(), nullptr, 10);
+      if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+        (void)internal::RemoveTree(os, check->get(), e.name);
+      }
+    }
+  }
   return first_error;
 }
 
