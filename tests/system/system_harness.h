@@ -691,15 +691,17 @@ class Api {
   ctl::Client client_;
 };
 
+// Fast retries (100..400 ms) so deferrals resolve within a test; a scenario with many held
+// packages passes a longer base so retries do not crowd out fresh work.
 inline msg::Instruction MakeInstruction(const std::string& pkg, std::uint64_t v, const std::string& source,
-                                        std::vector<std::string> dps) {
+                                        std::vector<std::string> dps, std::uint64_t retry_base_ms = 100) {
   msg::Instruction in;
   in.package = pkg;
   in.version = v;
   in.source = source;
   in.dps = std::move(dps);
-  in.policy.retry_base_ms = 100;
-  in.policy.retry_max_ms = 400;
+  in.policy.retry_base_ms = retry_base_ms;
+  in.policy.retry_max_ms = retry_base_ms * 4;
   in.policy.max_attempts = 1000;
   return in;
 }

@@ -435,16 +435,19 @@ TEST_F(SystemTest, DpsByPackagesByVersionsWithReaders) {
   StartWorker("wb", dp_specs);
   if (full) StartWorker("wc", dp_specs);
 
+  // Deadlines and retry pacing scale with the matrix (10 x 50 runs ~25x the default's jobs).
+  const seconds settle(90 + ndp * npkg / 2);
+  const std::uint64_t retry_base_ms = ndp * npkg > 100 ? 1000 : 100;
   const auto started = Clock::now();
   std::uint64_t base = 0;
   int deferrals = 0, readers_total = 0;
   do {
     auto submit_all = [&](std::uint64_t v) {
       std::vector<msg::Instruction> ins;
-      for (const auto& p : pkgs) ins.push_back(MakeInstruction(p, v, Source(p, v), dp_names));
+      for (const auto& p : pkgs) ins.push_back(MakeInstruction(p, v, Source(p, v), dp_names, retry_base_ms));
       return Submit(ins);
     };
-    ASSERT_TRUE(api_->WaitTerminal(submit_all(base + 1), seconds(180))) << Logs();
+    ASSERT_TRUE(api_->WaitTerminal(submit_all(base + 1), settle + settle)) << Logs();
 
     // Readers on random data files of distinct (DP, package) pairs, taken while nothing runs.
     const int nreaders = std::max(4, ndp * npkg / 4);
@@ -513,7 +516,7 @@ TEST_F(SystemTest, DpsByPackagesByVersionsWithReaders) {
           }
           return all;
         },
-        seconds(90)))
+        settle))
         << [&] {
              std::string pending;
              for (const auto& id : newest) {
@@ -543,7 +546,7 @@ TEST_F(SystemTest, DpsByPackagesByVersionsWithReaders) {
     // Release in random order; each held file must still be the live one.
     std::shuffle(readers.begin(), readers.end(), rng_);
     for (auto& r : readers) EXPECT_EQ(r->ReleaseAndCheck(), "") << "(2)";
-    ASSERT_TRUE(api_->WaitTerminal(newest, seconds(180))) << Logs();
+    ASSERT_TRUE(api_->WaitTerminal(newest, settle + settle)) << Logs();
     refresh();
     for (const auto& id : newest) {
       const auto& j = jobs[id];
