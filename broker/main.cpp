@@ -10,6 +10,7 @@
 #include "despool/broker/settings.h"
 #include "despool/broker/store.h"
 #include "despool/common/cli.h"
+#include "despool/common/curve.h"
 #include "despool/common/logging.h"
 
 namespace {
@@ -57,6 +58,9 @@ int main(int argc, char** argv) {
   auto* sync_opt = app.add_flag("--sync-normal", sync_normal,
                                 "SQLite synchronous=NORMAL: survives a process crash, not a power loss "
                                 "(default FULL)");
+  bool insecure = false;
+  app.add_flag("--insecure", insecure,
+               "Allow binding endpoints other than loopback/ipc without CURVE (logs a warning; docs/security.md)");
 
   return RunCli(app, argc, argv, [&]() -> int {
     broker::BrokerSettings settings;
@@ -79,6 +83,27 @@ int main(int argc, char** argv) {
       }
     }
     if (GivenOnCommandLine(sync_opt) && sync_normal) settings.store.sync = broker::SyncMode::kNormal;
+    // Secure by default (docs/security.md): checked before anything is opened or bound.
+    settings.security.insecure = settings.security.insecure || insecure;
+    auto exposed = broker::CheckBindPolicy({settings.frontend, settings.backend, settings.events},
+                                           !settings.security.curve_secret_key.empty(), settings.security.insecure);
+    if (!exposed.ok()) {
+      std::cerr << "despool-broker: " << exposed.error().message << "\n";
+      return kExitUsage;
+    }
+    if (!settings.security.curve_secret_key.empty()) {
+      Status keys = Status::Ok();
+      if (auto k = LoadSecretKeyFile(settings.security.curve_secret_key); !k.ok()) {
+        keys = k.take_error();
+      } else if (auto g = LoadAuthorizedKeys(settings.security.authorized_keys_dir, settings.security.revoked);
+                 !g.ok()) {
+        keys = g.take_error();
+      }
+      if (!keys.ok()) {
+        std::cerr << "despool-broker: " << keys.error().message << "\n";
+        return kExitUsage;
+      }
+    }
 
     auto log_options = ResolveLogOptions(common, settings.log_level, settings.log_format);
     if (!log_options.ok()) {
@@ -90,6 +115,9 @@ int main(int argc, char** argv) {
       return kExitError;
     }
     auto log = GetLogger("broker");
+    for (const auto& ep : *exposed) {
+      log->warn("--insecure: endpoint bound without CURVE, anyone who reaches it may publish endpoint={}", ep);
+    }
 
     const int stop_fd = MakeStopFd();
     if (stop_fd < 0) {

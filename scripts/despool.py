@@ -28,6 +28,8 @@ import argparse
 import datetime
 import json
 import os
+import re
+import stat
 import sys
 import time
 
@@ -128,6 +130,40 @@ def event_json(event):
     }
 
 
+def _read_key(path, name):
+    with open(path) as f:
+        text = f.read()
+    if re.fullmatch(r"\s*\S{40}\s*", text) and name == "public":
+        return text.strip()
+    m = re.search(r'^\s*%s\s*=\s*"([^"]{40})"' % name, text, re.M)
+    if not m:
+        raise DespoolError("bad-request", "%s: no %s key" % (path, name))
+    return m.group(1)
+
+
+def load_curve(server_key_path, key_path):
+    """CURVE keys from files (docs/security.md): the broker's public key file and our secret key
+    file (PREFIX.key from `despoolctl keygen`, mode 0600). Returns None when both are None."""
+    if not server_key_path and not key_path:
+        return None
+    if not server_key_path or not key_path:
+        raise DespoolError("bad-request", "CURVE needs both --curve-server-key and --curve-key")
+    mode = stat.S_IMODE(os.stat(key_path).st_mode)
+    if mode & 0o077:
+        raise DespoolError("bad-request", "secret key file '%s' has mode %04o: it must not be accessible "
+                           "by group or others (chmod 600 '%s')" % (key_path, mode, key_path))
+    secret = _read_key(key_path, "secret")
+    public = zmq.curve_public(secret.encode()).decode()
+    return {"server": _read_key(server_key_path, "public"), "public": public, "secret": secret}
+
+
+def _apply_curve(sock, curve):
+    if curve:
+        sock.curve_serverkey = curve["server"].encode()
+        sock.curve_publickey = curve["public"].encode()
+        sock.curve_secretkey = curve["secret"].encode()
+
+
 class Client:
     """Requests to the broker's frontend, each bounded by a timeout (seconds).
 
@@ -135,9 +171,10 @@ class Client:
     Not thread-safe.
     """
 
-    def __init__(self, endpoint=DEFAULT_FRONTEND, timeout=10.0, context=None):
+    def __init__(self, endpoint=DEFAULT_FRONTEND, timeout=10.0, context=None, curve=None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.curve = curve  # load_curve(...) or None
         self.context = context or zmq.Context.instance()
         self._next_id = 1
         self._socket = None
@@ -148,6 +185,7 @@ class Client:
             self._socket.close(linger=0)
         self._socket = self.context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        _apply_curve(self._socket, self.curve)
         self._socket.connect(self.endpoint)
 
     def close(self):
@@ -283,6 +321,7 @@ class EventFollower:
         self._sub = self.client.context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, topic_prefix(self.dp, self.package).encode())
+        _apply_curve(self._sub, self.client.curve)
         self._sub.connect(self.events_endpoint)
         self._last_activity = time.monotonic()
         if self.since is None:
@@ -407,6 +446,8 @@ def _parser():
     p.add_argument("--broker", default=DEFAULT_FRONTEND, help="broker frontend endpoint")
     p.add_argument("--events", default=DEFAULT_EVENTS, help="broker events endpoint")
     p.add_argument("--timeout", type=_seconds, default=10.0, help="bound on each request")
+    p.add_argument("--curve-server-key", help="the broker's CURVE public key file (docs/security.md)")
+    p.add_argument("--curve-key", help="our CURVE secret key file (mode 0600)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("submit", help="publish a package version")
     s.add_argument("--package", required=True)
@@ -462,7 +503,12 @@ def main(argv=None):
     if args.command == "submit" and not args.dp and not args.dp_group:
         sys.stderr.write("despool.py: submit needs --dp or --dp-group\n")
         return EXIT_USAGE
-    client = Client(args.broker, timeout=args.timeout)
+    try:
+        curve = load_curve(args.curve_server_key, args.curve_key)
+    except (OSError, DespoolError) as e:
+        sys.stderr.write("despool.py: %s\n" % e)
+        return EXIT_USAGE
+    client = Client(args.broker, timeout=args.timeout, curve=curve)
     try:
         if args.command == "submit":
             source = os.path.abspath(args.source)

@@ -50,6 +50,12 @@ int main(int argc, char** argv) {
   auto* name_opt = app.add_option("--name", name, "Worker name (default: <hostname>-<pid>)")->type_name("NAME");
   auto* bps_opt = app.add_option("--max-bytes-per-second", max_bps, "Copy bandwidth cap (0 = unlimited)")
                       ->check(UnsignedValidator())->type_name("N");
+  std::string curve_server_key, curve_key;
+  auto* curve_server_opt = app.add_option("--curve-server-key", curve_server_key,
+                                          "The broker's CURVE public key file (docs/security.md)")
+                               ->type_name("FILE");
+  auto* curve_key_opt = app.add_option("--curve-key", curve_key, "Our CURVE secret key file (mode 0600)")
+                            ->type_name("FILE");
   auto* drain_opt = AddDurationOption(app, "--drain-timeout", drain_timeout,
                                       "On SIGTERM, how long running jobs may finish before they are cancelled");
 
@@ -66,6 +72,14 @@ int main(int argc, char** argv) {
     OverrideFromFlag(name_opt, name, settings.name);
     OverrideFromFlag(bps_opt, max_bps, settings.max_bytes_per_second);
     OverrideFromFlag(drain_opt, drain_timeout, settings.drain_timeout);
+    OverrideFromFlag(curve_server_opt, curve_server_key, settings.curve_server_key);
+    OverrideFromFlag(curve_key_opt, curve_key, settings.curve_key);
+    if (auto curve = LoadCurveClientConfig(settings.curve_server_key, settings.curve_key); curve.ok()) {
+      settings.curve = std::move(curve).value();
+    } else {
+      std::cerr << "despool-worker: " << curve.error().message << "\n";
+      return kExitUsage;
+    }
     if (GivenOnCommandLine(dp_opt)) {
       settings.dps.clear();
       for (const auto& text : dp_flags) {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "despool/broker/commit_thread.h"
@@ -103,7 +104,18 @@ class Broker::Impl {
     for (const auto& line : store_->Describe()) log_->info("store pragma {}", line);
     log_->info("store loaded path={} active_jobs={} last_event_seq={}", LogQuote(s_.store_path), active,
                core_->LastEventSeq());
+    if (!s_.security.curve_secret_key.empty()) {
+      auto auth = BrokerAuth::Start(ctx_, s_.security);
+      if (!auth.ok()) return auth.take_error();
+      auth_ = std::move(auth).value();
+      log_->info("CURVE enabled public_key={} authorized_keys={}", auth_->public_key(), auth_->key_count());
+    }
     try {
+      if (auth_) {
+        auth_->ApplyServer(frontend_, kZapDomainFrontend);
+        auth_->ApplyServer(backend_, kZapDomainBackend);
+        auth_->ApplyServer(pub_, kZapDomainEvents);
+      }
       for (auto* sock : {&frontend_, &backend_}) {
         sock->set(zmq::sockopt::router_mandatory, 1);
         sock->set(zmq::sockopt::linger, 0);
@@ -324,6 +336,13 @@ class Broker::Impl {
                  LogQuote(std::get<msg::ErrorReply>(env.body).message));
       return true;
     }
+    if (is_frontend && !limiter_.Allow(peer, now)) {
+      SendError(sock, peer, env.request_id, ErrorKind::kUnavailable,
+                "rate limited: over " + std::to_string(static_cast<long long>(s_.request_rate)) +
+                    " requests per second on this connection; try again later");
+      return true;
+    }
+    if (auth_ && !Authorize(sock, is_frontend, peer, env, zmq_msg_gets(payload.handle(), "User-Id"), now)) return true;
     try {
       if (is_frontend) {
         HandleFrontend(peer, env, now);
@@ -336,6 +355,38 @@ class Broker::Impl {
                   LogQuote(e.what()));
     }
     return true;
+  }
+
+  // CURVE: the ZAP handler put the key id as User-Id on every message of the connection. A
+  // request outside the key's grant gets not-authorized and changes nothing.
+  bool Authorize(zmq::socket_t& sock, bool is_frontend, const std::string& peer, const Envelope& env,
+                 const char* user_id, std::int64_t now) {
+    const std::string key_id = user_id ? user_id : "";
+    auto key = auth_->Find(key_id);
+    std::optional<std::string> refused;
+    if (!key) {
+      refused = "key '" + key_id + "' is not (or no longer) authorized";
+    } else if (is_frontend) {
+      refused = AuthorizeFrontend(*key, env.body, s_.core.dp_groups);
+    } else {
+      // A routing id taken over by another key (ROUTER_HANDOVER) is the old worker lost: its jobs
+      // are requeued, never handed to the new key's connection.
+      auto [it, fresh] = backend_keys_.try_emplace(peer, key->id);
+      if (!fresh && it->second != key->id) {
+        log_->warn("worker routing id taken over by another key peer={} old_key={} new_key={}", Printable(peer),
+                   it->second, key->id);
+        core_->OnWorkerMessage(peer, msg::Disconnect{"routing id taken over by another key"}, now);
+        worker_peers_.erase(peer);
+        it->second = key->id;
+      }
+      if (std::holds_alternative<msg::Disconnect>(env.body)) backend_keys_.erase(peer);
+      refused = AuthorizeBackend(*key, env.body);
+    }
+    if (!refused) return true;
+    log_->warn("request refused: not authorized side={} key={} type={} reason={}", is_frontend ? "frontend" : "backend",
+               LogQuote(key_id), msg::TypeName(env.body), LogQuote(*refused));
+    SendError(sock, peer, env.request_id, ErrorKind::kNotAuthorized, *refused);
+    return false;
   }
 
   void HandleFrontend(const std::string& peer, Envelope& env, std::int64_t now) {
@@ -532,6 +583,9 @@ class Broker::Impl {
   std::set<std::string> worker_peers_;
   LoopMetrics m_;
   Observability obs_;  // metrics, snapshots and the HTTP endpoint (its threads never touch the above)
+  std::unique_ptr<BrokerAuth> auth_;  // CURVE + ZAP; null without [security]. Stops before ctx_.
+  std::map<std::string, std::string> backend_keys_;  // backend routing id -> key id (CURVE)
+  RateLimiter limiter_{s_.request_rate, s_.request_burst};
 };
 
 Broker::Broker(BrokerSettings settings, std::unique_ptr<Store> store, std::unique_ptr<Store> reader)

@@ -110,6 +110,21 @@ Status LoadBrokerConfig(const std::string& path, BrokerSettings& s) {
       })) {
     s.frontend_hwm = s.backend_hwm = s.events_hwm = hwm;
   }
+  auto non_negative = [](const double& v) {
+    return v >= 0 ? Status::Ok() : MakeError(ErrorCode::kInvalidArgument, "must not be negative");
+  };
+  limits.Get("requests_per_second", s.request_rate, non_negative);
+  limits.Get("request_burst", s.request_burst, [](const double& v) {
+    return v >= 1 ? Status::Ok() : MakeError(ErrorCode::kInvalidArgument, "must be at least 1");
+  });
+
+  ConfigSection security = root.Section("security");
+  security.Get("curve_secret_key", s.security.curve_secret_key);
+  security.Get("authorized_keys_dir", s.security.authorized_keys_dir);
+  security.Get("revoked", s.security.revoked);
+  if (s.security.curve_secret_key.empty() != s.security.authorized_keys_dir.empty()) {
+    security.AddError("curve_secret_key", "curve_secret_key and authorized_keys_dir go together");
+  }
   if (static_cast<std::uint64_t>(s.max_message_bytes) < s.max_frame_bytes) {
     limits.AddError("max_message_bytes", "must not be below limits.max_frame_bytes");
   }

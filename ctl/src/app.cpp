@@ -79,6 +79,8 @@ struct Globals {
   std::string timeout = "10s";
   std::string log_level;   // from the config file; flags win (ResolveLogOptions)
   std::string log_format;
+  std::string curve_server_key;  // CURVE key files (docs/security.md)
+  std::string curve_key;
 };
 
 struct SubmitOptions {
@@ -150,6 +152,9 @@ void ApplyConfig(const std::string& path, Globals& g, const CLI::App& app) {
   root.Get("events", events);
   root.Get("timeout", timeout);
   root.Get("json", json);
+  std::string curve_server_key = g.curve_server_key, curve_key = g.curve_key;
+  root.Get("curve_server_key", curve_server_key);
+  root.Get("curve_key", curve_key);
   auto log = root.Section("log");
   log.Get("level", g.log_level);
   log.Get("format", g.log_format);
@@ -159,6 +164,8 @@ void ApplyConfig(const std::string& path, Globals& g, const CLI::App& app) {
   if (!given("--events")) g.events = events;
   if (!given("--timeout")) g.timeout = FormatDuration(timeout);
   if (!given("--json")) g.json = json;
+  if (!given("--curve-server-key")) g.curve_server_key = curve_server_key;
+  if (!given("--curve-key")) g.curve_key = curve_key;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +552,9 @@ int RunDespoolctl(int argc, const char* const* argv, Io io) {
   app.add_option("--timeout", g.timeout, "Bound on each request to the broker")
       ->check(Quiet(DurationValidator()))->type_name("DURATION")
       ->capture_default_str();
+  app.add_option("--curve-server-key", g.curve_server_key, "The broker's CURVE public key file (docs/security.md)")
+      ->type_name("FILE");
+  app.add_option("--curve-key", g.curve_key, "Our CURVE secret key file (mode 0600)")->type_name("FILE");
 
   const std::uint64_t kU32 = std::numeric_limits<std::uint32_t>::max();
   auto pkg_check = NameValidator(&ValidatePackageId);
@@ -607,6 +617,9 @@ int RunDespoolctl(int argc, const char* const* argv, Io io) {
   auto* cancel = app.add_subcommand("cancel", "Cancel a job that has not ended");
   cancel->add_option("JOB_ID", cancel_id, "Job id")->required()->check(job_check)->type_name("JOB_ID");
   auto* stats = app.add_subcommand("stats", "Queue and DP figures");
+  std::string keygen_out;
+  auto* keygen = app.add_subcommand("keygen", "Write a new CURVE key pair: PREFIX.key (secret, 0600), PREFIX.pub");
+  keygen->add_option("--out", keygen_out, "Path prefix of the two files")->required()->type_name("PREFIX");
 
   return RunCli(app, argc, argv, [&]() -> int {
     try {
@@ -637,6 +650,22 @@ int RunDespoolctl(int argc, const char* const* argv, Io io) {
       return kExitUsage;
     }
     ctx.client.set_default_timeout(ctx.timeout);
+    if (*keygen) {
+      auto pair = GenerateCurveKeyPair();
+      despool::Status written = pair.ok() ? WriteCurveKeyFiles(keygen_out, *pair) : despool::Status(pair.error());
+      if (!written.ok()) {
+        io.err << "despoolctl: keygen: " << written.error().message << '\n';
+        return kExitError;
+      }
+      io.out << pair->public_key << '\n';
+      return kExitOk;
+    }
+    if (auto curve = LoadCurveClientConfig(g.curve_server_key, g.curve_key); curve.ok()) {
+      ctx.client.set_curve(std::move(curve).value());
+    } else {
+      io.err << "despoolctl: " << curve.error().message << '\n';
+      return kExitUsage;
+    }
     if (auto s = ctx.client.Connect(g.broker); !s.ok()) {
       io.err << "despoolctl: " << s.error().message << '\n';
       return kExitUsage;

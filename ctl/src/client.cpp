@@ -95,6 +95,7 @@ despool::Status Client::ResetSocket() {
   try {
     auto s = std::make_unique<zmq::socket_t>(*context_, zmq::socket_type::dealer);
     s->set(zmq::sockopt::linger, 0);
+    if (auto st = ApplyCurveClient(s->handle(), curve_); !st.ok()) return st;
     s->connect(endpoint_);
     socket_ = std::move(s);
   } catch (const zmq::error_t& e) {
@@ -271,6 +272,10 @@ despool::Status EventFollower::Start() {
     sub_ = std::make_unique<zmq::socket_t>(client_.context(), zmq::socket_type::sub);
     sub_->set(zmq::sockopt::linger, 0);
     sub_->set(zmq::sockopt::subscribe, TopicPrefix(options_.dp, options_.package));
+    if (auto st = ApplyCurveClient(sub_->handle(), client_.curve()); !st.ok()) {
+      sub_.reset();
+      return st;
+    }
     sub_->connect(options_.events_endpoint);
   } catch (const zmq::error_t& e) {
     sub_.reset();

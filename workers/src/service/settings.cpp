@@ -41,6 +41,8 @@ Status LoadWorkerConfig(const std::string& path, WorkerSettings& s) {
   });
   root.Get("max_bytes_per_second", s.max_bytes_per_second);
   root.Get("drain_timeout", s.drain_timeout);
+  root.Get("curve_server_key", s.curve_server_key);
+  root.Get("curve_key", s.curve_key);
   ConfigSection log = root.Section("log");
   log.Get("level", s.log_level);
   log.Get("format", s.log_format);

@@ -394,6 +394,10 @@ class Worker::Impl {
       socket_->set(zmq::sockopt::reconnect_ivl, 100);
       socket_->set(zmq::sockopt::reconnect_ivl_max, 1000);
       socket_->set(zmq::sockopt::maxmsgsize, s_.max_message_bytes);
+      if (Status st = ApplyCurveClient(socket_->handle(), s_.curve); !st.ok()) {
+        socket_.reset();
+        return st;
+      }
       socket_->connect(s_.broker);
     } catch (const zmq::error_t& e) {
       socket_.reset();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "despool/broker/auth.h"
 #include "despool/broker/core.h"
 #include "despool/broker/store.h"
 #include "despool/common/result.h"
@@ -35,6 +36,12 @@ struct BrokerSettings {
   std::size_t max_frame_bytes = 4u << 20;          // application limit: error reply
   std::int64_t max_message_bytes = 64ll << 20;     // ZMQ_MAXMSGSIZE: peer dropped
   std::size_t max_frames = 4;                      // per message on a ROUTER (routing id included)
+  // Frontend requests per second per connection, bursts up to request_burst; 0 = unlimited.
+  double request_rate = 0;
+  double request_burst = 200;
+
+  // [security]: CURVE + ZAP, authorized keys, --insecure (docs/security.md).
+  SecuritySettings security;
 
   int frontend_hwm = 100'000;
   int backend_hwm = 100'000;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "despool/common/curve.h"
 #include "despool/common/result.h"
 #include "despool/messages/types.h"
 
@@ -58,6 +59,11 @@ class Client {
   despool::Status Connect(const std::string& endpoint);
   const std::string& endpoint() const { return endpoint_; }
 
+  // CURVE keys for the frontend socket and the followers' SUB sockets (docs/security.md); set
+  // before Connect. A failed handshake looks like a silent broker: requests time out.
+  void set_curve(CurveClientConfig curve) { curve_ = std::move(curve); }
+  const CurveClientConfig& curve() const { return curve_; }
+
   // The timeout used by the typed helpers when none is given (default 10 s).
   void set_default_timeout(Millis t) { default_timeout_ = t; }
   Millis default_timeout() const { return default_timeout_; }
@@ -92,6 +98,7 @@ class Client {
   std::string endpoint_;
   Millis default_timeout_ = kDefaultTimeout;
   std::uint64_t next_request_id_ = 1;
+  CurveClientConfig curve_;
 };
 
 // Event topic prefix for a filter: "dp/<dp>/pkg/<package>/", "dp/<dp>/" or "dp/" (package

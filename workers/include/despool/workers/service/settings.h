@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "despool/common/curve.h"
 #include "despool/common/result.h"
 #include "despool/workers/engine.h"
 
@@ -50,6 +51,12 @@ struct WorkerSettings {
   std::size_t max_pidfds = 256;
   std::chrono::milliseconds reprobe_interval{1000};
   std::chrono::milliseconds max_watch_time{std::chrono::hours(1)};
+
+  // CURVE (docs/security.md): key file paths (config curve_server_key / curve_key, flags
+  // --curve-server-key / --curve-key) and the keys main() loaded from them.
+  std::string curve_server_key;
+  std::string curve_key;
+  CurveClientConfig curve;
 
   // Transport cap per frame (ZMQ_MAXMSGSIZE).
   std::int64_t max_message_bytes = 64ll << 20;
