@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <map>
@@ -33,6 +34,15 @@ bool IsLoopback(const std::string& host) {
   in6_addr v6{};
   if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
   return false;
+}
+
+// Compares without an early exit, so response time does not reveal how much of a guess matched.
+bool SameSecret(const std::string& given, const std::string& expected) {
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (std::size_t i = 0; i < given.size(); ++i) {
+    diff |= static_cast<unsigned char>(given[i] ^ expected[i % std::max<std::size_t>(1, expected.size())]);
+  }
+  return diff == 0;
 }
 
 void SendJson(httplib::Response& res, int status, const json& body) {
@@ -211,7 +221,7 @@ class HttpServer::Impl {
     server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       metrics_->http_requests.fetch_add(1, std::memory_order_relaxed);
       if (opts_.token.empty() || !NeedsAuth(req.path)) return httplib::Server::HandlerResponse::Unhandled;
-      if (req.get_header_value("Authorization") == "Bearer " + opts_.token) {
+      if (SameSecret(req.get_header_value("Authorization"), "Bearer " + opts_.token)) {
         return httplib::Server::HandlerResponse::Unhandled;
       }
       res.set_header("WWW-Authenticate", "Bearer");
