@@ -352,3 +352,43 @@ TEST_F(SecureBroker, DespoolctlAndWorkerUseTheirKeyFiles) {
 
 }  // namespace
 }  // namespace despool::security_testing
+
+namespace despool::security_testing {
+namespace {
+
+// scripts/despool.py (Debian's /usr/bin/python3 with python3-zmq) with and without key files.
+TEST_F(SecureBroker, PythonClientUsesItsKeyFiles) {
+  const char* src = std::getenv("DESPOOL_SOURCE_DIR");
+  ASSERT_NE(src, nullptr);
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  std::string out;
+  if (RunProgram({"/usr/bin/python3", "-c", "import zmq, msgpack"}, &out) != 0) GTEST_SKIP() << out;
+  ASSERT_EQ(RunProgram({BinDir() + "/despoolctl", "keygen", "--out", dir / "py"}, &out), 0) << out;
+  std::ofstream(ring.AuthorizedDir() + "/py.toml")
+      << "public = \"" << out.substr(0, kZ85KeyLength) << "\"\nrole = \"publisher\"\ndps = [\"a\"]\npackages = [\"office*\"]\n";
+  StartBroker();
+  const std::vector<std::string> py = {"/usr/bin/python3", std::string(src) + "/scripts/despool.py", "--broker",
+                                       broker->frontend, "--events", broker->events, "--timeout", "2s"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = py;
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  const std::vector<std::string> keys = {"--curve-server-key", ring.PublicKeyPath(), "--curve-key", dir / "py.key"};
+  auto submit = [&](std::vector<std::string> k, const char* dp) {
+    k.insert(k.end(), {"submit", "--package", "office1", "--version", "1", "--source", "/srv/office1", "--dp", dp});
+    return with(k);
+  };
+  EXPECT_EQ(RunProgram(submit(keys, "a"), &out), 0) << out;
+  EXPECT_NE(out.find("\ta"), std::string::npos) << out;
+  EXPECT_EQ(RunProgram(submit(keys, "b1"), &out), 1) << out;  // outside the grant
+  EXPECT_NE(out.find("not-authorized"), std::string::npos) << out;
+  EXPECT_EQ(RunProgram(submit({}, "a"), &out), 1) << out;  // no keys: no answer within --timeout
+  EXPECT_EQ(JobCount(), 1u);
+  ASSERT_EQ(::chmod((dir / "py.key").c_str(), 0644), 0);
+  EXPECT_EQ(RunProgram(submit(keys, "a"), &out), 2) << out;
+  EXPECT_NE(out.find("chmod 600"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace despool::security_testing
