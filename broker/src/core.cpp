@@ -738,79 +738,88 @@ void Core::Tick(std::int64_t now_ms) {
 void Core::Dispatch(std::int64_t now_ms) {
   if (draining_ || !dispatch_dirty_) return;
   dispatch_dirty_ = false;
-  for (auto q = ready_.begin(); q != ready_.end();) {
-    const std::string dp = q->first;
-    std::vector<Worker*> eligible;
-    std::vector<std::string> peers;
-    for (auto& [peer, w] : workers_) {
-      if (w.running.size() >= w.capacity) continue;
-      if (std::find(w.dps.begin(), w.dps.end(), dp) == w.dps.end()) continue;
-      eligible.push_back(&w);
-      peers.push_back(peer);
+  // Round-robin over the DPs, one job per DP per turn, starting after the DP served last: a
+  // worker serving several DPs must serve them all, even while a DP early in name order keeps
+  // having ready jobs (it starved the others before).
+  bool progressed = true;
+  while (progressed && !ready_.empty()) {
+    progressed = false;
+    std::vector<std::string> turn;
+    turn.reserve(ready_.size());
+    for (auto q = ready_.upper_bound(dispatch_cursor_); q != ready_.end(); ++q) turn.push_back(q->first);
+    for (auto q = ready_.begin(); q != ready_.end() && q->first <= dispatch_cursor_; ++q) {
+      turn.push_back(q->first);
     }
-    if (eligible.empty()) {
-      ++q;
-      continue;
-    }
-    auto& queue = q->second;
-    for (auto it = queue.begin(); it != queue.end() && !eligible.empty();) {
-      const std::string id = it->second;
-      JobRecord& r = active_.at(id);
-      Lane& lane = lanes_[KeyOf(r)];
-      if (!lane.running.empty()) {
-        ++it;
-        continue;
+    for (const std::string& dp : turn) {
+      auto q = ready_.find(dp);
+      if (q == ready_.end()) continue;
+      if (DispatchOne(dp, q->second, now_ms)) {
+        progressed = true;
+        dispatch_cursor_ = dp;
       }
-      // Least loaded: fewest running, then most free credit.
-      std::size_t best = 0;
-      for (std::size_t i = 1; i < eligible.size(); ++i) {
-        const auto& a = *eligible[i];
-        const auto& b = *eligible[best];
-        if (a.running.size() < b.running.size() ||
-            (a.running.size() == b.running.size() &&
-             a.capacity - a.running.size() > b.capacity - b.running.size())) {
-          best = i;
-        }
-      }
-      Worker& w = *eligible[best];
-      const std::string peer = peers[best];
-      it = queue.erase(it);
-      ready_order_.erase(id);
-      lane.pending.erase(id);
-      lane.running = id;
-      w.running.insert(id);
-      running_peer_[id] = peer;
-      r.attempt_token += 1;
-      r.forced_running = r.force_next;
-      r.force_next = false;
-      r.started_at_ms = now_ms;
-      r.info.state = JobState::kRunning;
-      r.info.worker = w.name;
-      r.info.next_attempt_at_ms.reset();
-      Emit(r, now_ms);
-      msg::Dispatch d;
-      d.job_id = id;
-      d.attempt = r.attempt_token;
-      d.kind = r.info.kind;
-      d.dp = r.info.dp;
-      d.package = r.info.package;
-      d.version = r.info.version;
-      d.source = r.info.source;
-      d.force = r.forced_running;
-      d.repair = r.repair;
-      d.checksum = r.checksum;
-      SendToWorker(peer, d);
-      if (w.running.size() >= w.capacity) {
-        eligible.erase(eligible.begin() + static_cast<std::ptrdiff_t>(best));
-        peers.erase(peers.begin() + static_cast<std::ptrdiff_t>(best));
-      }
-    }
-    if (queue.empty()) {
-      q = ready_.erase(q);
-    } else {
-      ++q;
+      if (q->second.empty()) ready_.erase(q);
     }
   }
+}
+
+bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, std::string>>& queue,
+                       std::int64_t now_ms) {
+  std::vector<Worker*> eligible;
+  std::vector<std::string> peers;
+  for (auto& [peer, w] : workers_) {
+    if (w.running.size() >= w.capacity) continue;
+    if (std::find(w.dps.begin(), w.dps.end(), dp) == w.dps.end()) continue;
+    eligible.push_back(&w);
+    peers.push_back(peer);
+  }
+  if (eligible.empty()) return false;
+  for (auto it = queue.begin(); it != queue.end(); ++it) {
+    const std::string id = it->second;
+    JobRecord& r = active_.at(id);
+    Lane& lane = lanes_[KeyOf(r)];
+    if (!lane.running.empty()) continue;
+    // Least loaded: fewest running, then most free credit.
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < eligible.size(); ++i) {
+      const auto& a = *eligible[i];
+      const auto& b = *eligible[best];
+      if (a.running.size() < b.running.size() ||
+          (a.running.size() == b.running.size() &&
+           a.capacity - a.running.size() > b.capacity - b.running.size())) {
+        best = i;
+      }
+    }
+    Worker& w = *eligible[best];
+    const std::string peer = peers[best];
+    queue.erase(it);
+    ready_order_.erase(id);
+    lane.pending.erase(id);
+    lane.running = id;
+    w.running.insert(id);
+    running_peer_[id] = peer;
+    r.attempt_token += 1;
+    r.forced_running = r.force_next;
+    r.force_next = false;
+    r.started_at_ms = now_ms;
+    r.info.state = JobState::kRunning;
+    r.info.worker = w.name;
+    r.info.next_attempt_at_ms.reset();
+    Emit(r, now_ms);
+    msg::Dispatch d;
+    d.job_id = id;
+    d.attempt = r.attempt_token;
+    d.kind = r.info.kind;
+    d.dp = r.info.dp;
+    d.package = r.info.package;
+    d.version = r.info.version;
+    d.source = r.info.source;
+    d.force = r.forced_running;
+    d.repair = r.repair;
+    d.checksum = r.checksum;
+    SendToWorker(peer, d);
+    return true;
+  }
+  return false;
 }
 
 std::optional<std::int64_t> Core::NextDeadline() const {

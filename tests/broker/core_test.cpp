@@ -132,6 +132,31 @@ TEST(Core, DispatchRespectsCreditAndPicksTheLeastLoadedWorker) {
   EXPECT_EQ(h.Job(d1[0].job_id).state, JobState::kApplied);
 }
 
+TEST(Core, AWorkerServingSeveralDpsServesThemInTurn) {
+  // dp1 sorts first and always has ready work; dp2's jobs must still go out (they starved once).
+  CoreHarness h;
+  h.Register("w1", {"dp1", "dp2"}, 2);
+  std::vector<std::string> dp1_ids, dp2_ids;
+  for (int i = 0; i < 10; ++i) dp1_ids.push_back(h.Submit(h.Refresh("a" + std::to_string(i), 1, {"dp1"}))[0]);
+  for (int i = 0; i < 3; ++i) dp2_ids.push_back(h.Submit(h.Refresh("b" + std::to_string(i), 1, {"dp2"}))[0]);
+  std::set<std::string> dp2_dispatched;
+  for (int round = 0; round < 3; ++round) {
+    h.Round();
+    auto d = h.TakeDispatches("w1");
+    ASSERT_EQ(d.size(), 2u) << "round " << round;
+    int from_dp2 = 0;
+    for (const auto& x : d) {
+      if (x.dp == "dp2") {
+        ++from_dp2;
+        dp2_dispatched.insert(x.job_id);
+      }
+      h.Result("w1", x.job_id, x.attempt, Outcome::kApplied);
+    }
+    EXPECT_EQ(from_dp2, 1) << "round " << round << ": one slot per DP while both have work";
+  }
+  EXPECT_EQ(dp2_dispatched, std::set<std::string>(dp2_ids.begin(), dp2_ids.end()));
+}
+
 TEST(Core, OneJobPerDpAndPackageInFlight) {
   CoreHarness h;
   h.Register("w1", {"dp1"}, 4);

@@ -168,6 +168,9 @@ class Core {
   void SendToWorker(const std::string& peer, msg::Body body);
   void SendCancel(JobRecord& r);
   void Dispatch(std::int64_t now_ms);
+  // Dispatches one ready job of `dp` to its least-loaded eligible worker; false when none can go.
+  bool DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, std::string>>& queue,
+                   std::int64_t now_ms);
   std::optional<JobRecord> LookupInactive(const std::string& id);
   msg::JobInfo PublicInfo(const JobRecord& r) const { return r.info; }
 
@@ -190,6 +193,7 @@ class Core {
   std::map<std::string, std::set<std::pair<std::uint64_t, std::string>>> ready_;
   std::unordered_map<std::string, std::uint64_t> ready_order_;
   std::uint64_t ready_counter_ = 0;
+  std::string dispatch_cursor_;  // the DP served last (Dispatch's round-robin)
   bool dispatch_dirty_ = true;
   // Due retries: (due, job id); entries that no longer match the job are skipped when popped.
   std::priority_queue<std::pair<std::int64_t, std::string>,
