@@ -301,6 +301,12 @@ TEST(ConfigExamplesTest, Broker) {
   EXPECT_EQ(frame, 4u << 20);
   EXPECT_EQ(message, 64u << 20);
   EXPECT_EQ(frames, 4u);
+  double rate = -1, burst = 0;
+  EXPECT_TRUE(limits.Get("requests_per_second", rate));
+  EXPECT_TRUE(limits.Get("request_burst", burst));
+  EXPECT_EQ(rate, 0.0);
+  EXPECT_EQ(burst, 200.0);
+  root.Section("security");  // all keys commented out: CURVE is opt-in (docs/security.md)
 
   auto heartbeat = root.Section("heartbeat");
   milliseconds interval{};
