@@ -35,7 +35,7 @@ json StatsToJson(const msg::ApplyStats& s) {
   return {{"files_total", s.files_total},   {"files_copied", s.files_copied},
           {"files_linked", s.files_linked}, {"files_removed", s.files_removed},
           {"bytes_copied", s.bytes_copied}, {"bytes_linked", s.bytes_linked},
-          {"duration_ms", s.duration_ms}};
+          {"duration_ms", s.duration_ms},   {"reused_staging", s.reused_staging}};
 }
 
 msg::ApplyStats StatsFromJson(const json& j) {
@@ -47,6 +47,7 @@ msg::ApplyStats StatsFromJson(const json& j) {
   s.bytes_copied = j.value("bytes_copied", std::uint64_t{0});
   s.bytes_linked = j.value("bytes_linked", std::uint64_t{0});
   s.duration_ms = j.value("duration_ms", std::uint64_t{0});
+  s.reused_staging = j.value("reused_staging", false);
   return s;
 }
 

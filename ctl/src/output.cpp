@@ -29,7 +29,7 @@ json ApplyStatsJson(const msg::ApplyStats& s) {
   return json{{"files_total", s.files_total},     {"files_copied", s.files_copied},
               {"files_linked", s.files_linked},   {"files_removed", s.files_removed},
               {"bytes_copied", s.bytes_copied},   {"bytes_linked", s.bytes_linked},
-              {"duration_ms", s.duration_ms}};
+              {"duration_ms", s.duration_ms},     {"reused_staging", s.reused_staging}};
 }
 
 std::string Join(const std::vector<std::string>& items, const char* sep, std::size_t max_items = 5) {
@@ -228,8 +228,14 @@ std::string JobDetail(const msg::JobInfo& job, std::int64_t now_ms) {
     parts.push_back("error: " + OneLine(*job.last_error));
   }
   if (job.state == msg::JobState::kApplied && job.stats) {
-    parts.push_back(std::to_string(job.stats->files_copied) + " of " + std::to_string(job.stats->files_total) +
-                    " files copied (" + HumanBytes(job.stats->bytes_copied) + ")");
+    if (job.stats->reused_staging) {
+      parts.push_back(std::to_string(job.stats->files_total) +
+                      " files from the tree staged before the deferral");
+    } else {
+      parts.push_back(std::to_string(job.stats->files_copied) + " of " +
+                      std::to_string(job.stats->files_total) + " files copied (" +
+                      HumanBytes(job.stats->bytes_copied) + ")");
+    }
   }
   if (job.report) {
     parts.push_back(std::to_string(job.report->missing.size()) + " missing, " +

@@ -98,6 +98,7 @@ template <typename V, Is<ApplyStats> S> void Fields(V& v, S& x) {
   v("bytes_copied", x.bytes_copied);
   v("bytes_linked", x.bytes_linked);
   v("duration_ms", x.duration_ms);
+  v("reused_staging", x.reused_staging);
 }
 template <typename V, Is<JobInfo> S> void Fields(V& v, S& x) {
   v("id", x.id, kRequiredJobId);

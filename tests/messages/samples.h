@@ -28,7 +28,7 @@ namespace despool::msg::testing {
 inline RetryPolicy FullPolicy() { return {30000, 3600000, 7, OnExhausted::kForce}; }
 inline Holder FullHolder() { return {4242, "smbd", "bin/tool.exe"}; }
 inline VerifyReport FullReport() { return {{"lib/a.so"}, {"tmp/extra.txt"}, {"etc/conf", "x y/z"}}; }
-inline ApplyStats FullStats() { return {120, 10, 100, 3, 1 << 20, 5 << 20, 1500}; }
+inline ApplyStats FullStats() { return {120, 10, 100, 3, 1 << 20, 5 << 20, 1500, true}; }
 inline Progress FullProgress() { return {5, 120, 4096, 1 << 20}; }
 inline WorkerMetrics FullMetrics() { return {9, 9000, 1 << 30, 1 << 20, 77, 123456}; }
 

@@ -24,6 +24,7 @@ msg::ApplyStats ToApplyStats(const RefreshStats& s) {
   a.bytes_copied = s.bytes_copied;
   a.bytes_linked = s.bytes_linked;
   a.duration_ms = static_cast<std::uint64_t>(duration_cast<milliseconds>(s.total).count());
+  a.reused_staging = s.reused_staging;
   return a;
 }
 

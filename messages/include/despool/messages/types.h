@@ -81,6 +81,9 @@ struct ApplyStats {
   std::uint64_t bytes_copied = 0;
   std::uint64_t bytes_linked = 0;
   std::uint64_t duration_ms = 0;
+  // The new tree was staged by an earlier attempt (kept across a deferral): this attempt
+  // copied nothing; the files were copied when it was staged.
+  bool reused_staging = false;
   bool operator==(const ApplyStats&) const = default;
 };
 
