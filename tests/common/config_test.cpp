@@ -307,6 +307,12 @@ TEST(ConfigExamplesTest, Broker) {
   EXPECT_EQ(rate, 0.0);
   EXPECT_EQ(burst, 200.0);
   root.Section("security");  // all keys commented out: CURVE is opt-in (docs/security.md)
+  auto http = root.Section("http");  // off by default (docs/observability.md)
+  std::string http_listen = "x", http_token = "x";
+  EXPECT_TRUE(http.Get("listen", http_listen));
+  EXPECT_TRUE(http.Get("token", http_token));
+  EXPECT_EQ(http_listen, "");
+  EXPECT_EQ(http_token, "");
 
   auto heartbeat = root.Section("heartbeat");
   milliseconds interval{};
