@@ -513,7 +513,13 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
     return;
   }
   if (w == workers_.end()) return;
-  if (std::holds_alternative<msg::Heartbeat>(body)) return;
+  if (auto* hb = std::get_if<msg::Heartbeat>(&body)) {
+    if (hb->draining && !w->second.draining) {
+      w->second.draining = true;  // a drain is final: the worker disconnects when done
+      dispatch_dirty_ = true;
+    }
+    return;
+  }
   if (auto* pr = std::get_if<msg::ProgressReport>(&body)) {
     auto it = active_.find(pr->job_id);
     if (it == active_.end() || it->second.attempt_token != pr->attempt ||
@@ -767,7 +773,7 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
   std::vector<Worker*> eligible;
   std::vector<std::string> peers;
   for (auto& [peer, w] : workers_) {
-    if (w.running.size() >= w.capacity) continue;
+    if (w.draining || w.running.size() >= w.capacity) continue;
     if (std::find(w.dps.begin(), w.dps.end(), dp) == w.dps.end()) continue;
     eligible.push_back(&w);
     peers.push_back(peer);
@@ -854,6 +860,7 @@ std::vector<msg::WorkerInfo> Core::Workers() const {
     i.running = static_cast<std::uint32_t>(w.running.size());
     i.connected_at_ms = w.connected_at_ms;
     i.last_heartbeat_ms = w.last_seen_ms;
+    i.draining = w.draining;
     out.push_back(std::move(i));
   }
   return out;

@@ -235,6 +235,7 @@ template <typename V, Is<RegisterAck> S> void Fields(V& v, S& x) {
 template <typename V, Is<Heartbeat> S> void Fields(V& v, S& x) {
   v("running", x.running);
   v("metrics", x.metrics);
+  v("draining", x.draining);
 }
 template <typename V, Is<Dispatch> S> void Fields(V& v, S& x) {
   v("job_id", x.job_id, kRequiredJobId);

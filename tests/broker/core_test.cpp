@@ -157,6 +157,34 @@ TEST(Core, AWorkerServingSeveralDpsServesThemInTurn) {
   EXPECT_EQ(dp2_dispatched, std::set<std::string>(dp2_ids.begin(), dp2_ids.end()));
 }
 
+TEST(Core, ADrainingWorkerGetsNoMoreDispatches) {
+  CoreHarness h;
+  h.Register("w1", {"dp1"}, 4);
+  auto first = h.Submit(h.Refresh("a", 1, {"dp1"}))[0];
+  h.Round();
+  auto d = h.TakeDispatches("w1");
+  ASSERT_EQ(d.size(), 1u);
+  msg::Heartbeat hb;
+  hb.running = 1;
+  hb.draining = true;
+  h.core().OnWorkerMessage("w1", hb, h.now);
+  h.Commit();
+  auto later = h.Submit(h.Refresh("b", 1, {"dp1"}))[0];
+  h.Round();
+  EXPECT_TRUE(h.TakeDispatches("w1").empty()) << "free credit, but the worker is draining";
+  ASSERT_EQ(h.core().Workers().size(), 1u);
+  EXPECT_TRUE(h.core().Workers()[0].draining);
+  // Its running job still completes normally.
+  h.Result("w1", first, d[0].attempt, Outcome::kApplied);
+  EXPECT_EQ(h.Job(first).state, JobState::kApplied);
+  // Another worker picks up what the draining one would have taken.
+  h.Register("w2", {"dp1"}, 1);
+  h.Round();
+  auto d2 = h.TakeDispatches("w2");
+  ASSERT_EQ(d2.size(), 1u);
+  EXPECT_EQ(d2[0].job_id, later);
+}
+
 TEST(Core, OneJobPerDpAndPackageInFlight) {
   CoreHarness h;
   h.Register("w1", {"dp1"}, 4);

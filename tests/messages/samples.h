@@ -125,6 +125,7 @@ inline void Fill(RegisterAck& m) { m.heartbeat_interval_ms = 250; }
 inline void Fill(Heartbeat& m) {
   m.running = 1;
   m.metrics = FullMetrics();
+  m.draining = true;
 }
 inline void Fill(Dispatch& m) {
   m.job_id = "job-4";

@@ -543,6 +543,7 @@ class Worker::Impl {
       m.inuse_checks += watcher_.probe_count();
       m.inuse_check_us_total += watcher_.probe_us_total();
       hb.metrics = m;
+      hb.draining = draining_;
       Send(hb);
       next_heartbeat_ = now + interval_;
     }
@@ -575,6 +576,7 @@ class Worker::Impl {
     if (!draining_) {
       draining_ = true;
       drain_deadline_ = now + s_.drain_timeout;
+      next_heartbeat_ = now;  // tell the broker at once (heartbeat.draining): no more dispatches
       // Jobs not started yet are held like later dispatches: requeued by our disconnect.
       for (const auto& key : waiting_) {
         held_.insert(key);

@@ -127,6 +127,7 @@ class Core {
     std::int64_t connected_at_ms = 0;
     std::int64_t last_seen_ms = 0;
     std::int64_t last_sent_ms = 0;
+    bool draining = false;                // said so in a heartbeat: dispatch nothing more
   };
   // Jobs of one (DP, package): at most one running; pending = queued or deferred.
   struct Lane {

@@ -294,6 +294,8 @@ struct RegisterAck {
 struct Heartbeat {
   std::uint32_t running = 0;
   std::optional<WorkerMetrics> metrics;
+  // Worker -> broker: the worker is shutting down; dispatch nothing more to it.
+  bool draining = false;
   bool operator==(const Heartbeat&) const = default;
 };
 
