@@ -225,7 +225,14 @@ class BrokerAuth::Impl {
   void Loop() {
     for (;;) {
       zmq_pollitem_t items[] = {{zap_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, stop_fd_, ZMQ_POLLIN, 0}};
-      if (zmq_poll(items, 2, -1) < 0) {
+      // Wakes every second to notice a changed key directory even without handshakes, so a
+      // removed key's open connections are refused within about a second.
+      const int ready = zmq_poll(items, 2, 1000);
+      if (ready == 0) {
+        if (Status st = Reload(false); !st.ok()) log_->error("key reload error={}", LogQuote(st.error().message));
+        continue;
+      }
+      if (ready < 0) {
         if (zmq_errno() == EINTR) continue;
         if (zmq_errno() != ETERM) log_->error("ZAP poll failed error={}", LogQuote(zmq_strerror(zmq_errno())));
         break;

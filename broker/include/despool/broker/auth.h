@@ -5,9 +5,10 @@
 // Threads: BrokerAuth runs one ZAP handler thread owning the ZAP socket
 // (inproc://zeromq.zap.01) in the broker's context. The key table is shared under a mutex;
 // the loop thread looks keys up by id (the User-Id ZAP put on every message it delivers).
-// Revocation: removing (or renaming away) a key file, or listing it in `revoked`, takes
-// effect at the next handshake (the directory is re-read when its mtime changes) and at the
-// next request of an already connected client (its id is no longer found).
+// Revocation: removing (or renaming away) a key file takes effect at the next handshake and,
+// for clients already connected, within about a second (the ZAP thread re-reads the directory
+// when its mtime changed, at each handshake and once a second): their next request finds no
+// key for their id and gets not-authorized. `revoked` is read at start-up.
 #pragma once
 
 #include <zmq.hpp>
