@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_child.h"
 #include "despool/ctl/client.h"
 
 namespace fs = std::filesystem;
@@ -34,40 +35,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-class Child {
- public:
-  Child(std::vector<std::string> argv, const std::string& log) {
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      FILE* f = std::freopen(log.c_str(), "a", stderr);
-      (void)f;
-      ::dup2(2, 1);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-  }
-  ~Child() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 200; ++i) {  // up to 20 s for the drain
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
- private:
-  pid_t pid_ = -1;
-};
+using despool::bench::Child;
 
 struct Options {
   int jobs = 300;
@@ -114,7 +82,7 @@ double RunOnce(const Options& o, int workers, const std::string& sources) {
     Child broker({o.bin_dir + "/despool-broker", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
                   "--events", "tcp://127.0.0.1:*", "--store", dir + "/broker.db", "--endpoints-file", ep,
                   "--log-level", "warn"},
-                 dir + "/broker.log");
+                 dir + "/broker.log", Child::Stop::kDrain);
     const auto start_deadline = Clock::now() + std::chrono::seconds(20);
     while (!fs::exists(ep)) {
       if (Clock::now() > start_deadline) throw std::runtime_error("broker did not start; see " + dir);
@@ -134,7 +102,7 @@ double RunOnce(const Options& o, int workers, const std::string& sources) {
           std::vector<std::string>{o.bin_dir + "/despool-worker", "--broker", backend, "--dp", "lab1=" + dp, "--name",
                                    "bench-w" + std::to_string(i), "--concurrency", std::to_string(o.concurrency),
                                    "--log-level", "warn"},
-          dir + "/worker" + std::to_string(i) + ".log"));
+          dir + "/worker" + std::to_string(i) + ".log", Child::Stop::kDrain));
     }
     despool::ctl::Client client;
     if (!client.Connect(frontend).ok()) throw std::runtime_error("connect");

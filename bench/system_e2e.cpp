@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_child.h"
 #include "despool/ctl/client.h"
 
 namespace fs = std::filesystem;
@@ -34,35 +35,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-class Child {
- public:
-  Child(std::vector<std::string> argv, const std::string& log) {
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      FILE* f = std::freopen(log.c_str(), "a", stderr);
-      (void)f;
-      ::dup2(2, 1);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-  }
-  ~Child() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
- private:
-  pid_t pid_ = -1;
-};
+using despool::bench::Child;
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;

@@ -1,6 +1,5 @@
 // despool-broker: durable instruction queue, dispatch to workers, delayed retries, events.
 #include <signal.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -10,24 +9,9 @@
 #include "despool/broker/settings.h"
 #include "despool/broker/store.h"
 #include "despool/common/cli.h"
+#include "despool/common/stop_signals.h"
 #include "despool/common/curve.h"
 #include "despool/common/logging.h"
-
-namespace {
-
-// Blocks SIGTERM/SIGINT in every thread (ZeroMQ's I/O threads inherit the mask when the
-// context is created later) and returns a signalfd the loop polls: a clean stop without a
-// signal handler or global state.
-int MakeStopFd() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return -1;
-  return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace despool;
@@ -119,7 +103,7 @@ int main(int argc, char** argv) {
       log->warn("--insecure: endpoint bound without CURVE, anyone who reaches it may publish endpoint={}", ep);
     }
 
-    const int stop_fd = MakeStopFd();
+    const int stop_fd = BlockStopSignals();
     if (stop_fd < 0) {
       log->error("cannot set up signal handling");
       return kExitError;

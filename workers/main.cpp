@@ -1,32 +1,17 @@
 // despool-worker: serves distribution points for a broker (CONTRACT.md, issue 6).
 #include <signal.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <iostream>
 
 #include "despool/common/cli.h"
+#include "despool/common/stop_signals.h"
 #include "despool/common/logging.h"
 #include "despool/common/names.h"
 #include "despool/workers/engine.h"
 #include "despool/workers/inuse.h"
 #include "despool/workers/service/settings.h"
 #include "despool/workers/service/worker.h"
-
-namespace {
-
-// Blocks SIGTERM/SIGINT in every thread (the pool and ZeroMQ's I/O threads inherit the mask)
-// and returns a signalfd the event loop polls.
-int MakeStopFd() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return -1;
-  return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace despool;
@@ -113,7 +98,7 @@ int main(int argc, char** argv) {
       std::cerr << "despool-worker: " << st.error().message << "\n";
       return kExitError;
     }
-    const int stop_fd = MakeStopFd();
+    const int stop_fd = BlockStopSignals();
     if (stop_fd < 0) {
       std::cerr << "despool-worker: cannot set up signal handling\n";
       return kExitError;
