@@ -23,6 +23,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "support/test_support.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/types.h"
 
@@ -31,30 +32,9 @@ namespace despool::broker::testing {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-inline std::string BinDir() {
-  const char* d = std::getenv("DESPOOL_BIN_DIR");
-  return d ? d : "";
-}
+using testsupport::BinDir;
 
-// A private temporary directory, removed at destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "despool-broker-test-XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    EXPECT_NE(p, nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testsupport::TempDir;
 
 // Polls `cond` until it holds or `timeout` passes.
 inline bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {

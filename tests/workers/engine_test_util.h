@@ -18,42 +18,14 @@
 #include <string>
 #include <vector>
 
+#include "support/test_support.h"
 #include "despool/workers/engine.h"
 
 namespace despool::enginetest {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "despool-engine-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    // Staged/retired dirs may carry read-only modes: open them up before removing.
-    for (auto it = fs::recursive_directory_iterator(path_, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
-    }
-    fs::remove_all(path_, ec);
-    if (ec && fs::exists(path_)) {
-      // Paths over PATH_MAX (hostile-source tests): rm walks with *at calls.
-      std::string cmd = "rm -rf --one-file-system '" + path_ + "'";
-      if (std::system(cmd.c_str()) != 0) {
-      }
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  std::string path_;
-};
+using testsupport::TempDir;
 
 inline void SetMtime(const std::string& path, std::int64_t sec, long nsec = 0) {
   struct timespec ts[2] = {{0, UTIME_OMIT}, {static_cast<time_t>(sec), nsec}};
