@@ -77,18 +77,11 @@ struct JournalRecord {
   static Result<JournalRecord> Parse(const std::string& text) {
     JournalRecord j;
     auto bad = [] { return MakeError(ErrorCode::kCorruption, "journal: malformed"); };
-    std::vector<std::string> lines;
-    size_t start = 0;
-    for (size_t i = 0; i < text.size(); ++i) {
-      if (text[i] == '\n') {
-        lines.push_back(text.substr(start, i - start));
-        start = i + 1;
-      }
-    }
+    const std::vector<std::string_view> lines = internal::SplitLines(text);
     if (lines.size() != 7 || lines[0] != "despool-journal 1" || lines[6] != "end") return bad();
     auto val = [&](int i, const char* key) -> std::string {
       std::string k = std::string(key) + " ";
-      return lines[i].rfind(k, 0) == 0 ? lines[i].substr(k.size()) : std::string();
+      return lines[i].rfind(k, 0) == 0 ? std::string(lines[i].substr(k.size())) : std::string();
     };
     auto num = [](const std::string& s, std::uint64_t* out) {
       auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);

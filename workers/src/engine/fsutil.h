@@ -64,6 +64,10 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
                 const std::string& prefix = "");
 
 std::int64_t MtimeNs(const struct stat& st);
+
+// The '\n'-terminated lines of `text` (views into it); a last line without '\n' is dropped,
+// so a record cut short by a crash never parses as complete.
+std::vector<std::string_view> SplitLines(std::string_view text);
 inline std::string Join(const std::string& dir, const std::string& name) {
   return dir.empty() || dir == "." ? name : dir + "/" + name;
 }

@@ -7,6 +7,8 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "fsutil.h"
+
 namespace despool::workers {
 namespace {
 
@@ -138,14 +140,7 @@ Result<Manifest> ParseManifest(std::string_view text) {
   if (XXH3_64bits(body.data(), body.size()) != want) return Corrupt("checksum mismatch");
 
   Manifest m;
-  std::vector<std::string_view> lines;
-  size_t start = 0;
-  for (size_t i = 0; i < body.size(); ++i) {
-    if (body[i] == '\n') {
-      lines.push_back(body.substr(start, i - start));
-      start = i + 1;
-    }
-  }
+  const std::vector<std::string_view> lines = internal::SplitLines(body);
   if (lines.size() < 5 || lines[0] != kMagic) return Corrupt("bad header");
   auto field = [&](size_t i, std::string_view key) -> std::string_view {
     if (lines[i].substr(0, key.size() + 1) != std::string(key) + " ") return {};
