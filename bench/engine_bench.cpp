@@ -4,7 +4,10 @@
 // directories, lognormal sizes 4 KiB..10 MiB, incompressible. Smaller runs:
 //   engine_bench --files 2000 --total-mib 200
 // Flags: --files N  --total-mib M  --dirs D  --changed-pct P (default 1)  --dir PATH (work dir on
-// the filesystem to measure; default $TMPDIR)  --keep (leave the work dir)  --no-cold.
+// the filesystem to measure; default $TMPDIR)  --keep (leave the work dir)  --no-cold
+// --repeat N (N more steady-state refreshes after the warm table, alternating the v2 and v3
+// sources: min/median and the phase medians; for perf record)  --engine-only (skip cp/rsync and
+// the in-use probes: quick profiling runs).
 //
 // Refresh time runs from the call to its return (every fsync and the retiring of the old tree
 // included); cp/rsync are timed with and without a following `sync`. Bytes written come from
@@ -13,6 +16,7 @@
 // (`sync; echo 3 > /proc/sys/vm/drop_caches`) when permitted. A run counts only if the result
 // equals the source (paths, types, sizes, modes, mtimes, symlink targets, content hashes).
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,9 +52,19 @@ struct Flags {
   std::string dir;
   bool keep = false;
   bool cold = true;
+  int repeat = 0;
+  bool engine_only = false;
 };
 
 double Secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// CPU seconds (user + system) of this process, all threads.
+double CpuSecs() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 std::uint64_t WriteBytes() {
   std::ifstream in("/proc/self/io");
@@ -166,9 +180,11 @@ std::map<std::string, std::string> Fingerprint(const std::string& dir) {
 struct Row {
   std::string name;
   double secs = 0, secs_sync = -1;
+  double cpu = -1;  // ours only: CPU seconds of the refresh (all its threads)
   std::uint64_t bytes = 0;
   bool valid = false;
   std::string note;
+  despool::workers::RefreshStats stats;  // ours only
 };
 
 void Print(const std::string& title, const std::vector<Row>& rows, double ref) {
@@ -207,7 +223,8 @@ Row Tool(const std::string& name, const std::string& cmd, const std::string& res
 }
 
 Row Ours(Engine& engine, const std::string& name, const std::string& root, std::uint64_t version,
-         const std::string& src, const std::map<std::string, std::string>& want) {
+         const std::string& src, const std::map<std::string, std::string>& want,
+         bool validate = true) {
   Row r;
   r.name = name;
   ::sync();
@@ -218,9 +235,11 @@ Row Ours(Engine& engine, const std::string& name, const std::string& root, std::
   req.source_dir = src;
   despool::workers::CancelToken cancel;
   auto w0 = WriteBytes();
+  double c0 = CpuSecs();
   auto t0 = Clock::now();
   auto out = engine.Refresh(req, nullptr, cancel);
   auto t1 = Clock::now();
+  r.cpu = CpuSecs() - c0;
   r.bytes = WriteBytes() - w0;
   r.secs = Secs(t1 - t0);
   if (out.kind != despool::workers::OutcomeKind::kApplied) {
@@ -229,17 +248,61 @@ Row Ours(Engine& engine, const std::string& name, const std::string& root, std::
     return r;
   }
   const auto& s = out.stats;
+  r.stats = s;
   char buf[400];
   std::snprintf(buf, sizeof buf,
                 "\n      copied %llu files / %.1f MiB, linked %llu; scan %.3f stage %.3f sync %.3f "
-                "in-use %.3f switch %.3f retire %.3f",
+                "in-use %.3f switch %.3f retire %.3f; cpu %.3f",
                 static_cast<unsigned long long>(s.files_copied),
                 static_cast<double>(s.bytes_copied) / 1048576.0,
                 static_cast<unsigned long long>(s.files_linked), Secs(s.scan), Secs(s.stage),
-                Secs(s.sync), Secs(s.in_use_check), Secs(s.switch_time), Secs(s.retire));
+                Secs(s.sync), Secs(s.in_use_check), Secs(s.switch_time), Secs(s.retire), r.cpu);
   r.note = buf;
-  r.valid = Fingerprint(root + "/pkg") == want;
+  r.valid = !validate || Fingerprint(root + "/pkg") == want;
   return r;
+}
+
+// `n` more steady-state refreshes (versions 4, 5, ...), alternating the v2 and v3 sources: each
+// changes ~2x changed_pct of the files and stages from the tree the previous switch retired.
+// The first and the last result are compared with the source (hashing 1 GiB after each run
+// would dominate a profile).
+void Repeat(Engine& engine, int n, const std::string& dp, const std::string& w,
+            const std::map<std::string, std::string>& want2,
+            const std::map<std::string, std::string>& want3) {
+  std::vector<Row> rows;
+  for (int i = 0; i < n; ++i) {
+    bool even = i % 2 == 0;
+    rows.push_back(Ours(engine, "steady", dp, 4 + static_cast<std::uint64_t>(i),
+                        w + (even ? "/src2" : "/src3"), even ? want2 : want3,
+                        i == 0 || i == n - 1));
+    if (!rows.back().valid) {
+      std::printf("  repeat %d: MISMATCH%s\n", i, rows.back().note.c_str());
+      return;
+    }
+  }
+  auto median = [&](auto get) {
+    std::vector<double> v;
+    for (const auto& r : rows) v.push_back(get(r));
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  auto phase = [&](std::chrono::nanoseconds despool::workers::RefreshStats::*m) {
+    return median([&](const Row& r) { return Secs(r.stats.*m) * 1000; });
+  };
+  using S = despool::workers::RefreshStats;
+  std::printf("\nSteady-state refresh repeated %d times (warm, alternating v2/v3 sources)\n", n);
+  auto by_secs = [](const Row& x, const Row& y) { return x.secs < y.secs; };
+  std::printf("  total ms: min %.1f median %.1f max %.1f\n",
+              std::min_element(rows.begin(), rows.end(), by_secs)->secs * 1000,
+              median([](const Row& r) { return r.secs * 1000; }),
+              std::max_element(rows.begin(), rows.end(), by_secs)->secs * 1000);
+  std::printf("  cpu ms (user+sys, all threads): median %.1f\n",
+              median([](const Row& r) { return r.cpu * 1000; }));
+  std::printf("  median phases ms: scan %.1f stage %.1f sync %.1f in-use %.1f switch %.1f "
+              "retire %.1f; written MiB median %.1f\n",
+              phase(&S::scan), phase(&S::stage), phase(&S::sync), phase(&S::in_use_check),
+              phase(&S::switch_time), phase(&S::retire),
+              median([](const Row& r) { return static_cast<double>(r.bytes) / 1048576.0; }));
 }
 
 void InUseBench(const std::string& live, const Package& p) {
@@ -338,10 +401,12 @@ int main(int argc, char** argv) {
     else if (a == "--dir") f.dir = next();
     else if (a == "--keep") f.keep = true;
     else if (a == "--no-cold") f.cold = false;
+    else if (a == "--repeat") f.repeat = std::stoi(next());
+    else if (a == "--engine-only") f.engine_only = true;
     else {
       std::fprintf(stderr,
                    "usage: engine_bench [--files N] [--total-mib M] [--dirs D] [--changed-pct P] "
-                   "[--dir PATH] [--keep] [--no-cold]\n");
+                   "[--dir PATH] [--keep] [--no-cold] [--repeat N] [--engine-only]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -425,16 +490,18 @@ int main(int argc, char** argv) {
     }
     prep();
     full.push_back(Ours(engine, "despool refresh (first install)", r + "/dp", 1, w + "/src1", want1));
-    prep();
-    full.push_back(Tool("cp -a", "cp -a " + Q(w + "/src1") + " " + Q(r + "/cp1"), r + "/cp1", want1));
-    prep();
-    full.push_back(Tool("rsync -a --delete --delay-updates",
-                        "rsync -a --delete --delay-updates " + Q(w + "/src1/") + " " + Q(r + "/rs1/"),
-                        r + "/rs1", want1));
-    prep();
-    full.push_back(Tool("rsync -a --delete (link-dest class)",
-                        "rsync -a --delete " + Q(w + "/src1/") + " " + Q(r + "/ld1/"), r + "/ld1",
-                        want1));
+    if (!f.engine_only) {
+      prep();
+      full.push_back(Tool("cp -a", "cp -a " + Q(w + "/src1") + " " + Q(r + "/cp1"), r + "/cp1", want1));
+      prep();
+      full.push_back(Tool("rsync -a --delete --delay-updates",
+                          "rsync -a --delete --delay-updates " + Q(w + "/src1/") + " " + Q(r + "/rs1/"),
+                          r + "/rs1", want1));
+      prep();
+      full.push_back(Tool("rsync -a --delete (link-dest class)",
+                          "rsync -a --delete " + Q(w + "/src1/") + " " + Q(r + "/ld1/"), r + "/ld1",
+                          want1));
+    }
     Print(std::string("Full refresh (") + label + " cache)", full, full[0].secs);
 
     // Incremental refreshes: v1 -> v2 (staged from scratch: the first install left no retired
@@ -442,36 +509,41 @@ int main(int argc, char** argv) {
     std::vector<Row> inc, inc3;
     prep();
     inc.push_back(Ours(engine, "despool refresh (incremental)", r + "/dp", 2, w + "/src2", want2));
-    prep();
-    inc.push_back(Tool("rsync -a --delete --delay-updates",
-                       "rsync -a --delete --delay-updates " + Q(w + "/src2/") + " " + Q(r + "/rs1/"),
-                       r + "/rs1", want2));
-    prep();
-    inc.push_back(Tool("rsync -a --delete --link-dest",
-                       "rsync -a --delete --link-dest=" + Q(r + "/ld1") + " " + Q(w + "/src2/") +
-                           " " + Q(r + "/ld2/"),
-                       r + "/ld2", want2));
-    prep();
-    inc.push_back(Tool("cp -a (full copy)", "cp -a " + Q(w + "/src2") + " " + Q(r + "/cp2"),
-                       r + "/cp2", want2));
+    if (!f.engine_only) {
+      prep();
+      inc.push_back(Tool("rsync -a --delete --delay-updates",
+                         "rsync -a --delete --delay-updates " + Q(w + "/src2/") + " " + Q(r + "/rs1/"),
+                         r + "/rs1", want2));
+      prep();
+      inc.push_back(Tool("rsync -a --delete --link-dest",
+                         "rsync -a --delete --link-dest=" + Q(r + "/ld1") + " " + Q(w + "/src2/") +
+                             " " + Q(r + "/ld2/"),
+                         r + "/ld2", want2));
+      prep();
+      inc.push_back(Tool("cp -a (full copy)", "cp -a " + Q(w + "/src2") + " " + Q(r + "/cp2"),
+                         r + "/cp2", want2));
+    }
     Print(std::string("Incremental refresh v1->v2, ") + std::to_string(f.changed_pct) +
               "% changed, staged from scratch (" + label + " cache)",
           inc, inc[0].secs);
     prep();
     inc3.push_back(Ours(engine, "despool refresh (steady state)", r + "/dp", 3, w + "/src3", want3));
-    prep();
-    inc3.push_back(Tool("rsync -a --delete --delay-updates",
-                        "rsync -a --delete --delay-updates " + Q(w + "/src3/") + " " + Q(r + "/rs1/"),
-                        r + "/rs1", want3));
-    prep();
-    inc3.push_back(Tool("rsync -a --delete --link-dest",
-                        "rsync -a --delete --link-dest=" + Q(r + "/ld2") + " " + Q(w + "/src3/") +
-                            " " + Q(r + "/ld3/"),
-                        r + "/ld3", want3));
+    if (!f.engine_only) {
+      prep();
+      inc3.push_back(Tool("rsync -a --delete --delay-updates",
+                          "rsync -a --delete --delay-updates " + Q(w + "/src3/") + " " + Q(r + "/rs1/"),
+                          r + "/rs1", want3));
+      prep();
+      inc3.push_back(Tool("rsync -a --delete --link-dest",
+                          "rsync -a --delete --link-dest=" + Q(r + "/ld2") + " " + Q(w + "/src3/") +
+                              " " + Q(r + "/ld3/"),
+                          r + "/ld3", want3));
+    }
     Print(std::string("Incremental refresh v2->v3, ") + std::to_string(f.changed_pct) +
               "% changed, staged from the retired tree (" + label + " cache)",
           inc3, inc3[0].secs);
-    if (!cold) {
+    if (!cold && f.repeat > 0) Repeat(engine, f.repeat, r + "/dp", w, want2, want3);
+    if (!cold && !f.engine_only) {
       std::printf("  targets (steady state): >= 2x faster than rsync --delay-updates: %.2fx; >= 5x "
                   "faster than rsync --link-dest: %.2fx (from scratch: %.2fx, %.2fx)\n",
                   inc3[1].secs / inc3[0].secs, inc3[2].secs / inc3[0].secs,

@@ -33,6 +33,7 @@ class CrashTest : public ::testing::Test {
     c.os = os;
     c.probe = std::make_shared<FakeProbe>();
     c.checkpoint = std::move(checkpoint);
+    c.threads = 1;  // the n-th OS call must be the same call in every run
     return std::make_unique<Engine>(c);
   }
 

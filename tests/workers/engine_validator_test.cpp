@@ -235,6 +235,7 @@ TEST(ValidatorTest, LivePackageIsCompleteAfterEveryEngineStep) {
   workers::EngineConfig config;
   config.os = &observed;
   config.probe = std::make_shared<FakeProbe>();
+  config.threads = 1;  // the observer runs after every call, on the calling thread
   workers::Engine engine(config);
   workers::CancelToken cancel;
   for (int v = 1; v <= kSteps; ++v) {

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -118,16 +119,38 @@ struct Dirs {
 }  // namespace
 
 struct Engine::Impl {
-  Impl(Os& o, std::shared_ptr<InUseProbe> p, std::function<void(const char*)> cp)
-      : os(o), probe(std::move(p)), checkpoint(std::move(cp)) {}
+  Impl(Os& o, std::shared_ptr<InUseProbe> p, std::function<void(const char*)> cp, int t)
+      : os(o), probe(std::move(p)), checkpoint(std::move(cp)), threads(t) {}
 
   Os& os;
   std::shared_ptr<InUseProbe> probe;
   std::mutex probe_mu;  // probes need not be thread-safe
   std::function<void(const char*)> checkpoint;
+  int threads = 2;
 
   void Checkpoint(const char* point) {
     if (checkpoint) checkpoint(point);
+  }
+
+  // Runs `side` and `main_fn`; returns side's status (main_fn reports through its captures).
+  // With threads > 1 `side` runs on a helper thread while `main_fn` runs on the calling thread;
+  // otherwise side runs first, then main_fn. Only read-only passes (stat, open, readdir) go on
+  // the side, so the interleaving changes nothing on disk; an exception in either (a test's
+  // InjectedCrash) reaches the caller after both have finished.
+  Status Beside(const std::function<Status()>& side, const std::function<void()>& main_fn) {
+    if (threads <= 1) {
+      Status s = side();
+      main_fn();
+      return s;
+    }
+    std::future<Status> helper = std::async(std::launch::async, side);
+    try {
+      main_fn();
+    } catch (...) {
+      helper.wait();
+      throw;
+    }
+    return helper.get();
   }
 
   // ---- layout ----
@@ -329,12 +352,16 @@ struct Engine::Impl {
   // The installed version without taking the lock or writing anything: the manifest, corrected
   // by a pending journal whose swap already happened.
   Result<std::optional<std::uint64_t>> PeekInstalled(Dirs& d, const std::string& pkg) {
-    DESPOOL_ASSIGN_OR_RETURN(auto m, ReadManifest(d.state.get(), ManifestFile(pkg)));
     std::optional<std::uint64_t> v;
-    if (m) v = m->version;
-    auto text = internal::ReadSmallFile(os, d.journal.get(), JournalFile(pkg));
-    if (text.ok()) {
-      auto j = JournalRecord::Parse(*text);
+    auto manifest = internal::ReadSmallFile(os, d.state.get(), ManifestFile(pkg));
+    if (manifest.ok()) {
+      DESPOOL_ASSIGN_OR_RETURN(v, ParseManifestVersion(*manifest));
+    } else if (manifest.error().code != ErrorCode::kNotFound) {
+      return manifest.take_error();
+    }
+    auto journal = internal::ReadSmallFile(os, d.journal.get(), JournalFile(pkg));
+    if (journal.ok()) {
+      auto j = JournalRecord::Parse(*journal);
       struct stat st;
       if (j.ok() && os.FstatAt(d.root.get(), pkg.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
           st.st_ino == j->staged_ino && st.st_dev == j->staged_dev) {
@@ -362,8 +389,12 @@ struct Engine::Impl {
     bool live_exists = false;
     Fd live;
     std::unordered_map<std::string, struct stat> live_stats;
+    std::uint64_t live_files = 0;  // regular files in the live tree
     std::vector<SrcEntry> src;
-    std::vector<char> plan_link;
+    // Per source entry (same index): the live entry at its path (nullptr if none), and for a
+    // file planned to be linked the manifest entry that vouches for it.
+    std::vector<const struct stat*> live_of;
+    std::vector<const ManifestEntry*> link_from;
     Manifest next;
     std::unordered_set<ino_t> staged_inodes;
     RefreshStats stats;
@@ -528,30 +559,30 @@ struct Engine::Impl {
     return Status::Ok();
   }
 
-  // Quick check: link this source file from the live tree?
-  bool PlanLink(Job& job, const SrcEntry& e) {
-    auto live = job.live_stats.find(e.path);
-    if (live == job.live_stats.end() || !S_ISREG(live->second.st_mode)) return false;
-    const struct stat& ls = live->second;
+  // Quick check: link source file i from the live tree? Returns the manifest entry that
+  // vouches for the live file (nullptr: copy).
+  const ManifestEntry* PlanLink(Job& job, size_t i) {
+    const SrcEntry& e = job.src[i];
+    const struct stat* live = job.live_of[i];
+    if (live == nullptr || !S_ISREG(live->st_mode)) return nullptr;
+    const struct stat& ls = *live;
     if (job.repair_of != nullptr) {
-      if (job.repair_bad.count(e.path)) return false;
-      auto i = job.repair_of->Find(e.path);
-      if (i < 0) return false;
-      const auto& m = job.repair_of->entries[static_cast<size_t>(i)];
-      return m.type == EntryType::kFile && static_cast<std::uint64_t>(ls.st_size) == m.size &&
-             MtimeNs(ls) == m.mtime_ns && (ls.st_mode & 07777) == m.mode;
+      if (job.repair_bad.count(e.path)) return nullptr;
+      const ManifestEntry* m = OldEntry(job, e.path);
+      bool ok = m != nullptr && m->type == EntryType::kFile &&
+                static_cast<std::uint64_t>(ls.st_size) == m->size &&
+                MtimeNs(ls) == m->mtime_ns && (ls.st_mode & 07777) == m->mode;
+      return ok ? m : nullptr;
     }
-    if (!job.old) return false;
-    auto i = job.old->Find(e.path);
-    if (i < 0) return false;
-    const auto& m = job.old->entries[static_cast<size_t>(i)];
+    const ManifestEntry* m = OldEntry(job, e.path);
+    if (m == nullptr) return nullptr;
     auto matches = [&](const struct stat& st) {
-      return static_cast<std::uint64_t>(st.st_size) == m.size && MtimeNs(st) == m.mtime_ns &&
-             (st.st_mode & 07777) == m.mode;
+      return static_cast<std::uint64_t>(st.st_size) == m->size && MtimeNs(st) == m->mtime_ns &&
+             (st.st_mode & 07777) == m->mode;
     };
     // The source must match the manifest, and so must the live file itself (a file changed in
     // place on the DP is copied afresh, never carried into the new version).
-    return m.type == EntryType::kFile && matches(e.st) && matches(ls);
+    return m->type == EntryType::kFile && matches(e.st) && matches(ls) ? m : nullptr;
   }
 
   const ManifestEntry* OldEntry(Job& job, const std::string& path) {
@@ -562,35 +593,49 @@ struct Engine::Impl {
   }
 
   // One directory level of the staging walk. A level reused from the spare tree lists what it
-  // already holds (`existing`); entries the source does not have are removed at FinishDir.
+  // already holds (`existing`, sorted by name); entries the source does not have are removed at
+  // FinishDir. The source's children of a level come sorted by name too (ScanSource), so one
+  // cursor walks `existing` in step with them.
   struct Level {
     int entry = 0;
     Fd src, dst, live;
-    std::unordered_map<std::string, DirEntry> existing;
-    std::unordered_set<std::string> seen;
+    std::vector<DirEntry> existing;
+    std::vector<char> wanted;  // per existing entry: the source has this name
+    size_t cursor = 0;
   };
 
   Status ListExisting(Level& level, const std::string& path) {
-    std::vector<DirEntry> entries;
-    if (os.ReadDir(level.dst.get(), &entries) != 0) return SysError("readdir staged " + path, errno);
-    for (auto& e : entries) {
-      std::string name = e.name;
-      level.existing.emplace(std::move(name), std::move(e));
+    if (os.ReadDir(level.dst.get(), &level.existing) != 0) {
+      return SysError("readdir staged " + path, errno);
     }
+    std::sort(level.existing.begin(), level.existing.end(),
+              [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+    level.wanted.assign(level.existing.size(), 0);
     return Status::Ok();
   }
 
-  // Removes whatever the reused level holds under `name` (file, symlink or tree).
-  Status ClearExisting(Level& level, const std::string& name) {
-    if (level.existing.erase(name) == 0) return Status::Ok();
+  // What the reused level holds under `name` (the next source child), or nullptr.
+  DirEntry* Existing(Level& level, const std::string& name) {
+    auto& ex = level.existing;
+    while (level.cursor < ex.size() && ex[level.cursor].name < name) ++level.cursor;
+    if (level.cursor == ex.size() || ex[level.cursor].name != name) return nullptr;
+    level.wanted[level.cursor] = 1;
+    return &ex[level.cursor];
+  }
+
+  // Removes whatever the reused level holds under `name` (file, symlink or tree); *have (from
+  // Existing) is cleared so it is removed only once.
+  Status ClearExisting(Level& level, const DirEntry** have, const std::string& name) {
+    if (*have == nullptr) return Status::Ok();
+    *have = nullptr;
     return internal::RemoveTree(os, level.dst.get(), name);
   }
 
   Status FinishDir(Job& job, Level& level) {
     const SrcEntry& e = job.src[static_cast<size_t>(level.entry)];
-    for (const auto& [name, entry] : level.existing) {
-      if (!level.seen.count(name)) {
-        DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, level.dst.get(), name));
+    for (size_t k = 0; k < level.existing.size(); ++k) {
+      if (!level.wanted[k]) {
+        DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, level.dst.get(), level.existing[k].name));
       }
     }
     // A reused dir may already be right; a fresh one never is.
@@ -668,15 +713,13 @@ struct Engine::Impl {
         stack.pop_back();
       }
       Level& L = stack.back();
-      L.seen.insert(e.name);
-      auto ex = L.existing.find(e.name);
-      const DirEntry* have = ex == L.existing.end() ? nullptr : &ex->second;
+      const DirEntry* have = Existing(L, e.name);
       ManifestEntry me{e.path, e.type, e.st.st_mode & 07777, MtimeNs(e.st), 0, 0, {}};
       switch (e.type) {
         case EntryType::kDir: {
           bool reuse = have != nullptr && have->type == DT_DIR;
           if (!reuse) {
-            DESPOOL_RETURN_IF_ERROR(ClearExisting(L, e.name));
+            DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
             if (os.MkdirAt(L.dst.get(), e.name.c_str(), 0700) != 0) {
               return SysError("mkdir staged " + e.path, errno);
             }
@@ -711,7 +754,7 @@ struct Engine::Impl {
                    MtimeNs(st) == MtimeNs(e.st);
           }
           if (keep) break;
-          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, e.name));
+          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
           if (os.SymlinkAt(e.target.c_str(), L.dst.get(), e.name.c_str()) != 0) {
             return SysError("symlink staged " + e.path, errno);
           }
@@ -723,8 +766,8 @@ struct Engine::Impl {
         }
         case EntryType::kFile: {
           me.size = static_cast<std::uint64_t>(e.st.st_size);
-          bool link = job.plan_link[i] && L.live.valid();
-          const ManifestEntry* old = link ? OldEntry(job, e.path) : nullptr;
+          const ManifestEntry* old = L.live.valid() ? job.link_from[i] : nullptr;
+          bool link = old != nullptr;
           if (link && job.opt->checksum && job.repair_of == nullptr) {
             // Content comparison for sources whose mtimes cannot be trusted.
             int raw = os.OpenAt(L.src.get(), e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
@@ -734,7 +777,7 @@ struct Engine::Impl {
             link = old != nullptr && h == old->hash;
           }
           if (link) {
-            const struct stat& ls = job.live_stats[e.path];
+            const struct stat& ls = *job.live_of[i];
             bool linked = false;
             if (have != nullptr && have->type == DT_REG && have->ino == ls.st_ino) {
               // The spare already holds the live file itself (same inode, as readdir reports it:
@@ -742,7 +785,7 @@ struct Engine::Impl {
               linked = true;
             }
             if (!linked) {
-              DESPOOL_RETURN_IF_ERROR(ClearExisting(L, e.name));
+              DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
               if (os.LinkAt(L.live.get(), e.name.c_str(), L.dst.get(), e.name.c_str(), 0) == 0) {
                 linked = true;
               } else if (errno != ENOENT && errno != EMLINK && errno != EXDEV && errno != EPERM) {
@@ -759,7 +802,7 @@ struct Engine::Impl {
               break;
             }
           }
-          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, e.name));
+          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
           ino_t ino = 0;
           DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, &me.hash, &ino,
                                            cancelled));
@@ -876,19 +919,23 @@ struct Engine::Impl {
       auto live = internal::OpenDir(os, job.d.root.get(), job.pkg);
       if (!live.ok()) return ErrorOutcome(live.take_error());
       job.live = std::move(live).value();
-      if (auto s = internal::WalkTree(os, job.live.get(), &job.live_stats); !s.ok()) {
-        return ErrorOutcome(s.take_error());
-      }
     } else if (errno != ENOENT) {
       return ErrorOutcome(SysError("stat ROOT/" + job.pkg, errno));
     }
 
-    // Scan the source.
+    // Scan the source, and walk the live tree beside it (both only stat and read directories).
     Report(job, Phase::kScan);
     int raw = os.OpenAt(AT_FDCWD, job.source.c_str(), O_RDONLY | O_DIRECTORY, 0);
     if (raw < 0) return ErrorOutcome(SysError("open source " + job.source, errno));
     Fd src_root(&os, raw);
-    auto scanned = internal::ScanSource(os, src_root.get());
+    Result<std::vector<SrcEntry>> scanned = MakeError(ErrorCode::kInternal, "not scanned");
+    Status walked = Beside(
+        [&]() -> Status {
+          if (!job.live_exists) return Status::Ok();
+          return internal::WalkTree(os, job.live.get(), &job.live_stats);
+        },
+        [&] { scanned = internal::ScanSource(os, src_root.get()); });
+    if (!walked.ok()) return ErrorOutcome(walked.take_error());
     if (!scanned.ok()) return ErrorOutcome(scanned.take_error());
     job.src = std::move(scanned).value();
     if (job.repair_of != nullptr) {
@@ -899,6 +946,20 @@ struct Engine::Impl {
     job.next.source = job.source;
     job.stats.entries_total = job.src.size();
     for (const auto& e : job.src) job.stats.files_total += e.type == EntryType::kFile;
+    // Each source entry's live counterpart, looked up once; regular files of the live tree that
+    // no source path matches are the ones the switch removes.
+    job.live_of.assign(job.src.size(), nullptr);
+    std::uint64_t live_files_kept = 0;
+    if (!job.live_stats.empty()) {
+      for (const auto& [path, st] : job.live_stats) job.live_files += S_ISREG(st.st_mode);
+      for (size_t i = 0; i < job.src.size(); ++i) {
+        auto it = job.live_stats.find(job.src[i].path);
+        if (it == job.live_stats.end()) continue;
+        job.live_of[i] = &it->second;
+        live_files_kept += S_ISREG(it->second.st_mode);
+      }
+    }
+    job.stats.files_removed = job.live_files - live_files_kept;
     job.prog.files_total = job.stats.files_total;
     auto t_scan = Clock::now();
     job.stats.scan = t_scan - t0;
@@ -936,13 +997,13 @@ struct Engine::Impl {
 
     if (!reused) {
       // Plan, check free space, stage.
-      job.plan_link.assign(job.src.size(), 0);
+      job.link_from.assign(job.src.size(), nullptr);
       std::uint64_t copy_bytes = 0, new_inodes = 0;
       for (size_t i = 0; i < job.src.size(); ++i) {
         const SrcEntry& e = job.src[i];
         if (e.type == EntryType::kFile) {
-          job.plan_link[i] = PlanLink(job, e);
-          if (!job.plan_link[i]) {
+          job.link_from[i] = PlanLink(job, i);
+          if (job.link_from[i] == nullptr) {
             copy_bytes += (static_cast<std::uint64_t>(e.st.st_size) + 4095) & ~std::uint64_t{4095};
             new_inodes++;
           }
@@ -969,7 +1030,6 @@ struct Engine::Impl {
       bool cancelled = false;
       Status s = Stage(job, src_root.get(), &cancelled);
       if (cancelled) return Cancelled(job);
-      if (s.ok()) s = RecheckSource(job, src_root.get());
       if (!s.ok()) return Abandon(job, s.take_error());
       if (job.repair_of != nullptr && job.next.entries != job.repair_of->entries) {
         return Abandon(job, MakeError(ErrorCode::kFailedPrecondition,
@@ -978,13 +1038,27 @@ struct Engine::Impl {
       }
       auto t_stage = Clock::now();
       job.stats.stage = t_stage - t_scan;
-      Checkpoint("staged");
 
-      // Durability of the staged tree, then its manifest (which marks it complete).
+      // Durability of the staged tree, then its manifest (which marks it complete). Durability:
+      // one syncfs of the DP's filesystem writes back every file and directory staged above
+      // (data, inodes, entries) and reports any writeback error since the staging fd was opened
+      // (kernel >= 5.8), where one fsync per file and per directory would cost a syscall and a
+      // device flush each. Only after it returned does the manifest exist (its fsyncs flush the
+      // device cache after those writes completed), so a staged tree that a power loss could
+      // leave partial is never complete, journaled or swapped into live.
+      // Beside it, the source is re-checked: anything changed since the scan (including files
+      // linked rather than copied) makes the staged tree untrustworthy.
       Report(job, Phase::kSync);
-      if (os.Syncfs(job.d.staging.get()) != 0) {
-        return Abandon(job, SysError("syncfs staging", errno));
-      }
+      Status synced = Status::Ok();
+      Status rechecked = Beside([&] { return RecheckSource(job, src_root.get()); },
+                                [&] {
+                                  if (os.Syncfs(job.d.staging.get()) != 0) {
+                                    synced = SysError("syncfs staging", errno);
+                                  }
+                                });
+      if (!rechecked.ok()) return Abandon(job, rechecked.take_error());
+      if (!synced.ok()) return Abandon(job, synced.take_error());
+      Checkpoint("staged");
       if (auto w = internal::WriteFileAtomic(os, job.d.staging.get(), job.staged + ".manifest",
                                              SerializeManifest(job.next));
           !w.ok()) {
@@ -992,9 +1066,6 @@ struct Engine::Impl {
       }
       job.staged_complete = true;
       job.stats.sync = Clock::now() - t_stage;
-    }
-    for (const auto& [path, st] : job.live_stats) {
-      if (S_ISREG(st.st_mode) && job.next.Find(path) < 0) job.stats.files_removed++;
     }
 
     // In-use check: files the switch would replace or remove (or any file, if asked).
@@ -1311,7 +1382,7 @@ Engine::Engine(EngineConfig config)
     : impl_(std::make_unique<Impl>(
           config.os ? *config.os : RealOs(),
           config.probe ? config.probe : std::shared_ptr<InUseProbe>(MakeAutoProbe()),
-          std::move(config.checkpoint))) {}
+          std::move(config.checkpoint), config.threads)) {}
 
 Engine::~Engine() = default;
 

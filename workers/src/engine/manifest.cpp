@@ -128,8 +128,10 @@ std::string SerializeManifest(const Manifest& m) {
   return out;
 }
 
-Result<Manifest> ParseManifest(std::string_view text) {
-  // Trailer first: "end <hash>\n" over everything before it.
+namespace {
+
+// The text before the trailer "end <hash>\n", once that hash matches it.
+Result<std::string_view> CheckedBody(std::string_view text) {
   if (text.size() < 22 || text.back() != '\n') return Corrupt("truncated");
   size_t end_pos = text.rfind("\nend ", text.size() - 2);
   if (end_pos == std::string_view::npos) return Corrupt("no trailer");
@@ -138,6 +140,34 @@ Result<Manifest> ParseManifest(std::string_view text) {
   std::uint64_t want = 0;
   if (!ParseNum(trailer, &want, 16)) return Corrupt("bad trailer");
   if (XXH3_64bits(body.data(), body.size()) != want) return Corrupt("checksum mismatch");
+  return body;
+}
+
+}  // namespace
+
+Result<std::uint64_t> ParseManifestVersion(std::string_view text) {
+  DESPOOL_ASSIGN_OR_RETURN(std::string_view body, CheckedBody(text));
+  // The first three lines: magic, package, version.
+  std::string_view lines[3];
+  for (auto& line : lines) {
+    size_t nl = body.find('\n');
+    if (nl == std::string_view::npos) return Corrupt("bad header");
+    line = body.substr(0, nl);
+    body.remove_prefix(nl + 1);
+  }
+  constexpr std::string_view kVersion = "version ";
+  std::uint64_t version = 0;
+  if (lines[0] != kMagic || lines[1].substr(0, 8) != "package " ||
+      lines[2].substr(0, kVersion.size()) != kVersion ||
+      !ParseNum(lines[2].substr(kVersion.size()), &version)) {
+    return Corrupt("bad header");
+  }
+  return version;
+}
+
+Result<Manifest> ParseManifest(std::string_view text) {
+  // Trailer first: "end <hash>\n" over everything before it.
+  DESPOOL_ASSIGN_OR_RETURN(std::string_view body, CheckedBody(text));
 
   Manifest m;
   const std::vector<std::string_view> lines = internal::SplitLines(body);

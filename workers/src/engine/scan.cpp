@@ -98,13 +98,11 @@ std::string JoinParts(const std::vector<std::string>& parts) {
 }  // namespace
 
 Status ValidateSymlinks(const std::vector<SrcEntry>& entries) {
-  std::unordered_map<std::string, const SrcEntry*> by_path;
-  bool any = false;
-  for (const auto& e : entries) {
-    by_path.emplace(e.path, &e);
-    any = any || e.type == EntryType::kSymlink;
-  }
+  bool any = std::any_of(entries.begin(), entries.end(),
+                         [](const SrcEntry& e) { return e.type == EntryType::kSymlink; });
   if (!any) return Status::Ok();
+  std::unordered_map<std::string, const SrcEntry*> by_path;
+  for (const auto& e : entries) by_path.emplace(e.path, &e);
   for (const auto& e : entries) {
     if (e.type != EntryType::kSymlink) continue;
     // Physical resolution as the kernel would do it inside the installed package: `where` is the

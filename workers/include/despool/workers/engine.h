@@ -188,6 +188,13 @@ struct EngineConfig {
   // updated), "committed" (manifest updated), "retired". It may block (tests stop a child
   // there and kill it).
   std::function<void(const char* point)> checkpoint;
+  // Threads one refresh may use. With 2 (or more), read-only passes run beside other work: the
+  // walk of the live tree beside the scan of the source, and the re-check of the source beside
+  // the syncfs of the staged tree. With 1 everything runs on the calling thread in one fixed
+  // order, so the n-th call through the Os is always the same call (tests that enumerate call
+  // points by index, or observe every call, use 1). The Os must be thread-safe (RealOs and
+  // FaultInjectingOs are).
+  int threads = 2;
 };
 
 class Engine {

@@ -44,6 +44,9 @@ struct Manifest {
 
 std::string SerializeManifest(const Manifest& manifest);
 Result<Manifest> ParseManifest(std::string_view text);
+// The version alone, with the same integrity check as ParseManifest (trailer checksum, header)
+// but without parsing the entries (the idempotence check runs on every request).
+Result<std::uint64_t> ParseManifestVersion(std::string_view text);
 
 // Sorts entries bytewise by path (the order Serialize expects and Find relies on).
 void SortEntries(std::vector<ManifestEntry>* entries);
