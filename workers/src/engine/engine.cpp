@@ -415,9 +415,10 @@ struct Engine::Impl {
 
   Status RemoveStaged(Job& job) {
     if (!job.d.staging.valid() || job.staged.empty()) return Status::Ok();
-    std::string m = job.staged + ".manifest";
-    if (os.UnlinkAt(job.d.staging.get(), m.c_str(), 0) != 0 && errno != ENOENT) {
-      return SysError("remove " + m, errno);
+    for (const std::string& m : {job.staged + ".manifest", job.staged + ".manifest.tmp"}) {
+      if (os.UnlinkAt(job.d.staging.get(), m.c_str(), 0) != 0 && errno != ENOENT) {
+        return SysError("remove " + m, errno);
+      }
     }
     return internal::RemoveTree(os, job.d.staging.get(), job.staged);
   }
@@ -1039,16 +1040,23 @@ struct Engine::Impl {
       auto t_stage = Clock::now();
       job.stats.stage = t_stage - t_scan;
 
-      // Durability of the staged tree, then its manifest (which marks it complete). Durability:
-      // one syncfs of the DP's filesystem writes back every file and directory staged above
-      // (data, inodes, entries) and reports any writeback error since the staging fd was opened
-      // (kernel >= 5.8), where one fsync per file and per directory would cost a syscall and a
-      // device flush each. Only after it returned does the manifest exist (its fsyncs flush the
-      // device cache after those writes completed), so a staged tree that a power loss could
-      // leave partial is never complete, journaled or swapped into live.
-      // Beside it, the source is re-checked: anything changed since the scan (including files
-      // linked rather than copied) makes the staged tree untrustworthy.
+      // Durability of the staged tree, then its manifest (which marks it complete). One syncfs
+      // of the DP's filesystem writes back every file and directory staged above (data,
+      // inodes, entries) and the manifest's temp file, and reports any writeback error since
+      // the staging fd was opened (kernel >= 5.8), where one fsync per file and per directory
+      // would cost a syscall and a device flush each. Only after it returned is the manifest
+      // renamed into place and the staging dir fsynced (that fsync also flushes the device
+      // cache after the syncfs writes completed): a staged tree that a power loss could leave
+      // partial never has a manifest, so it is never complete, journaled or swapped into live.
+      // Beside the syncfs the source is re-checked: anything changed since the scan (including
+      // files linked rather than copied) makes the staged tree untrustworthy.
       Report(job, Phase::kSync);
+      const std::string manifest = job.staged + ".manifest", manifest_tmp = manifest + ".tmp";
+      if (auto w = internal::WriteFileUnsynced(os, job.d.staging.get(), manifest_tmp,
+                                               SerializeManifest(job.next));
+          !w.ok()) {
+        return Abandon(job, w.take_error());
+      }
       Status synced = Status::Ok();
       Status rechecked = Beside([&] { return RecheckSource(job, src_root.get()); },
                                 [&] {
@@ -1059,10 +1067,12 @@ struct Engine::Impl {
       if (!rechecked.ok()) return Abandon(job, rechecked.take_error());
       if (!synced.ok()) return Abandon(job, synced.take_error());
       Checkpoint("staged");
-      if (auto w = internal::WriteFileAtomic(os, job.d.staging.get(), job.staged + ".manifest",
-                                             SerializeManifest(job.next));
-          !w.ok()) {
-        return Abandon(job, w.take_error());
+      if (os.RenameAt2(job.d.staging.get(), manifest_tmp.c_str(), job.d.staging.get(),
+                       manifest.c_str(), 0) != 0) {
+        return Abandon(job, SysError("rename " + manifest_tmp, errno));
+      }
+      if (os.Fsync(job.d.staging.get()) != 0) {
+        return Abandon(job, SysError("fsync staging", errno));
       }
       job.staged_complete = true;
       job.stats.sync = Clock::now() - t_stage;

@@ -52,10 +52,12 @@ Result<std::string> ReadSmallFile(Os& os, int dirfd, const std::string& name) {
   return out;
 }
 
-Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_view data) {
-  std::string tmp = name + ".tmp";
-  int raw = os.OpenAt(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
-  if (raw < 0) return SysError("create " + tmp, errno);
+namespace {
+
+// Creates `name` and writes `data`; the open descriptor, or an error after removing the file.
+Result<Fd> WriteNew(Os& os, int dirfd, const std::string& name, std::string_view data) {
+  int raw = os.OpenAt(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
+  if (raw < 0) return SysError("create " + name, errno);
   Fd fd(&os, raw);
   size_t off = 0;
   while (off < data.size()) {
@@ -64,11 +66,25 @@ Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_v
       if (errno == EINTR) continue;
       int err = errno;
       fd.Reset();
-      os.UnlinkAt(dirfd, tmp.c_str(), 0);
-      return SysError("write " + tmp, err);
+      os.UnlinkAt(dirfd, name.c_str(), 0);
+      return SysError("write " + name, err);
     }
     off += static_cast<size_t>(n);
   }
+  return fd;
+}
+
+}  // namespace
+
+Status WriteFileUnsynced(Os& os, int dirfd, const std::string& name, std::string_view data) {
+  auto fd = WriteNew(os, dirfd, name, data);
+  if (!fd.ok()) return fd.take_error();
+  return Status::Ok();
+}
+
+Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_view data) {
+  std::string tmp = name + ".tmp";
+  DESPOOL_ASSIGN_OR_RETURN(Fd fd, WriteNew(os, dirfd, tmp, data));
   if (os.Fsync(fd.get()) != 0) {
     int err = errno;
     fd.Reset();

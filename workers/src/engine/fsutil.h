@@ -53,6 +53,9 @@ Result<Fd> MakeDir(Os& os, int dirfd, const std::string& name, mode_t mode);
 Result<std::string> ReadSmallFile(Os& os, int dirfd, const std::string& name);
 // Writes name.tmp, fsyncs it, renames it over name, fsyncs the directory.
 Status WriteFileAtomic(Os& os, int dirfd, const std::string& name, std::string_view data);
+// Creates (or truncates) `name` with `data`, without any fsync (the caller makes it durable,
+// e.g. with a syncfs); removes it on failure.
+Status WriteFileUnsynced(Os& os, int dirfd, const std::string& name, std::string_view data);
 
 // Removes a file, symlink or whole tree (never follows symlinks). Absent is fine.
 Status RemoveTree(Os& os, int dirfd, const std::string& name);
