@@ -10,6 +10,8 @@
 //
 // --rate R paces submits to R instructions/s in total (latency at a given load); 0 = flat out.
 // The broker runs in-process on its own thread with its own ZeroMQ context, on loopback TCP.
+#include <dirent.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -65,13 +67,66 @@ std::optional<msg::Envelope> DecodeMsg(const zmq::message_t& m) {
   return std::move(d.value());
 }
 
+// Names the calling thread (15 characters at most), so perf and the CPU table below can tell
+// the broker's threads from the bench's.
+void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
+
+// A bench-side ZeroMQ context whose I/O threads are called "<prefix>/ZMQbg/..." (the broker's
+// own context keeps the plain "ZMQbg/..." names).
+void PrefixZmqThreads(zmq::context_t& ctx, int prefix) {
+  zmq_ctx_set(ctx.handle(), ZMQ_THREAD_NAME_PREFIX, prefix);
+}
+
+// CPU time (ns, from /proc/self/task/*/schedstat) of this process's threads, summed by name.
+std::map<std::string, std::uint64_t> CpuByThreadName() {
+  std::map<std::string, std::uint64_t> out;
+  DIR* d = ::opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string base = std::string("/proc/self/task/") + e->d_name;
+    std::ifstream comm(base + "/comm"), sched(base + "/schedstat");
+    std::string name;
+    std::uint64_t ns = 0;
+    if (std::getline(comm, name) && (sched >> ns)) out[name] += ns;
+  }
+  ::closedir(d);
+  return out;
+}
+
+// Prints CPU per instruction by thread between two CpuByThreadName() snapshots: the broker's
+// threads (loop, commit, its ZeroMQ I/O thread) and the bench's (publishers, workers, theirs).
+void PrintCpuTable(const std::map<std::string, std::uint64_t>& before,
+                   const std::map<std::string, std::uint64_t>& after, std::uint64_t instructions) {
+  double broker = 0, bench = 0;
+  std::string broker_parts, bench_parts;
+  for (const auto& [name, ns] : after) {
+    auto b = before.find(name);
+    const std::uint64_t delta = ns - (b == before.end() ? 0 : b->second);
+    const double us = static_cast<double>(delta) / 1e3 / static_cast<double>(instructions);
+    if (us < 0.05) continue;
+    // The bench's threads: the main thread (publishers), bench-*, and the ZeroMQ threads of the
+    // bench's contexts (named with a numeric prefix).
+    const bool is_bench = name.rfind("bench", 0) == 0 || name.rfind("broker_bench", 0) == 0 ||
+                          (!name.empty() && name[0] >= '0' && name[0] <= '9');
+    char part[96];
+    std::snprintf(part, sizeof part, " %s %.1f;", name.c_str(), us);
+    (is_bench ? bench_parts : broker_parts) += part;
+    (is_bench ? bench : broker) += us;
+  }
+  std::printf("  CPU per instruction by thread (schedstat): broker %.1f us [%s ], bench %.1f us [%s ]\n",
+              broker, broker_parts.c_str(), bench, bench_parts.c_str());
+}
+
 // 4 workers on one thread: register, heartbeat, answer every dispatch up-to-date at once.
 void RunWorkers(const Options& o, const std::string& endpoint, std::atomic<bool>& stop,
                 std::atomic<std::uint64_t>& answered) {
   auto reg = [&](int i) {
     return Frame(msg::Register{std::string("bench-").append(std::to_string(i)), {"bench"}, o.worker_capacity});
   };
+  NameThread("bench-workers");
   zmq::context_t ctx(1);
+  PrefixZmqThreads(ctx, 2);
   std::vector<zmq::socket_t> socks;
   for (int i = 0; i < o.workers; ++i) {
     socks.emplace_back(ctx, zmq::socket_type::dealer);
@@ -126,6 +181,7 @@ struct PublisherResult {
 // P publishers on one thread, each a DEALER with at most K submits outstanding.
 void RunPublishers(const Options& o, const std::string& endpoint, PublisherResult& out) {
   zmq::context_t ctx(1);
+  PrefixZmqThreads(ctx, 1);
   struct Pub {
     zmq::socket_t sock;
     std::map<std::uint64_t, Clock::time_point> outstanding;
@@ -186,6 +242,7 @@ void RunPublishers(const Options& o, const std::string& endpoint, PublisherResul
 // Asks the broker's stats until `done(stats)` holds; returns when it did.
 Clock::time_point WaitStats(const std::string& endpoint, const std::function<bool(const msg::StatsReply&)>& done) {
   zmq::context_t ctx(1);
+  PrefixZmqThreads(ctx, 3);
   zmq::socket_t s(ctx, zmq::socket_type::dealer);
   s.set(zmq::sockopt::linger, 0);
   s.connect(endpoint);
@@ -242,7 +299,10 @@ class RunningBroker {
     b = std::make_unique<broker::Broker>(s, std::move(store).value(), std::move(reader).value());
     DESPOOL_RETURN_IF_ERROR(b->Start());
     if (::pipe(pipe_) != 0) return MakeError(ErrorCode::kIo, "pipe");
-    thread_ = std::thread([this] { status = b->Run(pipe_[0]); });
+    thread_ = std::thread([this] {
+      NameThread("broker-loop");
+      status = b->Run(pipe_[0]);
+    });
     return Status::Ok();
   }
   void Stop() {
@@ -391,7 +451,11 @@ int main(int argc, char** argv) {
   int stop_pipe[2];
   if (::pipe(stop_pipe) != 0) return 1;
   Status run_status;
-  std::thread broker_thread([&] { run_status = b.Run(stop_pipe[0]); });
+  NameThread("bench-pubs");
+  std::thread broker_thread([&] {
+    NameThread("broker-loop");
+    run_status = b.Run(stop_pipe[0]);
+  });
 
   std::atomic<bool> stop_workers{false};
   std::atomic<std::uint64_t> answered{0};
@@ -399,6 +463,7 @@ int main(int argc, char** argv) {
   // Let the workers register before the clock starts (their registration is not measured).
   {
     zmq::context_t ctx(1);
+    PrefixZmqThreads(ctx, 3);
     zmq::socket_t c(ctx, zmq::socket_type::dealer);
     c.set(zmq::sockopt::linger, 0);
     c.connect(b.endpoints().frontend);
@@ -416,8 +481,10 @@ int main(int argc, char** argv) {
   }
 
   PublisherResult pr;
+  const auto cpu_before = CpuByThreadName();
   RunPublishers(o, b.endpoints().frontend, pr);
   const auto all_done = WaitAllTerminal(b.endpoints().frontend, o.instructions);
+  const auto cpu_after = CpuByThreadName();
   stop_workers = true;
   workers.join();
   if (::write(stop_pipe[1], "x", 1) != 1) return 1;
@@ -464,6 +531,7 @@ int main(int argc, char** argv) {
               1e6 * broker_cpu_s / static_cast<double>(o.instructions),
               static_cast<double>(m.commit_cpu_ns) / 1e3 / static_cast<double>(o.instructions),
               static_cast<double>(o.instructions) / broker_cpu_s);
+  PrintCpuTable(cpu_before, cpu_after, o.instructions);
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) == 3) std::printf("  machine load average (1 min) at the end: %.2f\n", load[0]);
   if (!run_status.ok()) std::printf("  broker stopped with error: %s\n", run_status.error().message.c_str());

@@ -1,6 +1,7 @@
 #include "despool/broker/commit_thread.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +67,8 @@ std::uint64_t CommitThread::commit_cpu_ns() const {
 }
 
 void CommitThread::Loop() {
+  // Named so `top -H` and perf tell it from the event loop.
+  pthread_setname_np(pthread_self(), "broker-commit");
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     cv_.wait(lock, [this] { return stop_ || (job_ != nullptr && !done_); });
