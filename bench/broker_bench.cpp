@@ -437,6 +437,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const auto pragmas = (*store)->Describe();
+  broker::Store* writer = store->get();  // owned by the broker below; read once it stopped
   std::unique_ptr<broker::Store> reader;
   if (!o.inline_commits) {
     auto r = broker::OpenSqliteStore(s.store_path, s.store);
@@ -532,6 +533,9 @@ int main(int argc, char** argv) {
               static_cast<double>(m.commit_cpu_ns) / 1e3 / static_cast<double>(o.instructions),
               static_cast<double>(o.instructions) / broker_cpu_s);
   PrintCpuTable(cpu_before, cpu_after, o.instructions);
+  std::printf("  store:");
+  for (const auto& a : writer->Activity()) std::printf(" %s;", a.c_str());
+  std::printf("\n");
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) == 3) std::printf("  machine load average (1 min) at the end: %.2f\n", load[0]);
   if (!run_status.ok()) std::printf("  broker stopped with error: %s\n", run_status.error().message.c_str());

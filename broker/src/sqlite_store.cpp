@@ -3,14 +3,18 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
-#include <tuple>
 #include <filesystem>
+#include <mutex>
 #include <random>
+#include <tuple>
 
 #include "despool/broker/store.h"
+#include "despool/common/logging.h"
 #include "despool/messages/codec.h"
 #include "job_json.h"
+#include "wal_checkpointer.h"
 
 namespace despool::broker {
 namespace {
@@ -83,6 +87,7 @@ CREATE TABLE events (
 )sql",
 };
 
+constexpr int kJobColumnCount = 30;
 constexpr const char* kJobColumns =
     "id, seq, kind, package, version, dp, source, state, attempts, max_attempts, retry_base_ms, "
     "retry_max_ms, on_exhausted, repair, checksum, next_attempt_at, last_error, in_use, holders, "
@@ -116,6 +121,17 @@ class Stmt {
   void Bind(int i, std::int64_t v) { sqlite3_bind_int64(s_, i, v); }
   void Bind(int i, const std::string& v) {
     sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+  // Without a copy: `v` must stay alive and unchanged until the statement is reset.
+  void BindStatic(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  }
+  void BindStatic(int i, const std::optional<std::string>& v) {
+    if (v) {
+      BindStatic(i, *v);
+    } else {
+      BindNull(i);
+    }
   }
   void BindNull(int i) { sqlite3_bind_null(s_, i); }
   template <typename T>
@@ -176,6 +192,53 @@ JobRecord ReadJob(sqlite3_stmt* s) {
   return r;
 }
 
+// One INSERT per batch of rows rather than one per row: a multi-row VALUES statement runs its
+// per-statement work (cursor opening, schema and transaction checks, reset) once for up to
+// kMaxRows rows. Statements are prepared on first use for each row count and kept.
+class MultiRowInsert {
+ public:
+  static constexpr std::size_t kMaxRows = 32;
+
+  // head: "INSERT INTO t(a, b)"; columns: values per row; tail: e.g. an ON CONFLICT clause.
+  MultiRowInsert(std::string head, int columns, std::string tail = "")
+      : head_(std::move(head)), tail_(std::move(tail)), columns_(columns) {}
+
+  int columns() const { return columns_; }
+
+  // The statement for `rows` rows (1..kMaxRows); row r's column c is parameter r*columns+c+1.
+  Result<Stmt*> For(sqlite3* db, std::size_t rows) {
+    auto& slot = stmts_[rows - 1];
+    if (!slot) {
+      std::string sql = head_ + " VALUES";
+      for (std::size_t r = 0; r < rows; ++r) {
+        sql += r == 0 ? "(" : ",(";
+        for (int c = 0; c < columns_; ++c) sql += c == 0 ? "?" : ",?";
+        sql += ")";
+      }
+      sql += tail_;
+      auto stmt = std::make_unique<Stmt>();
+      DESPOOL_RETURN_IF_ERROR(stmt->Prepare(db, sql));
+      slot = std::move(stmt);
+    }
+    return slot.get();
+  }
+
+ private:
+  std::string head_, tail_;
+  int columns_;
+  std::array<std::unique_ptr<Stmt>, kMaxRows> stmts_;
+};
+
+// Process-wide SQLite settings, applied once before the first connection opens (sqlite3_config
+// is refused once SQLite is initialised; then the defaults simply stay).
+void ConfigureSqliteOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // Memory statistics take a global mutex on every allocation: ~8% of a commit's CPU.
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  });
+}
+
 std::string RandomStoreId() {
   std::random_device rd;
   std::uniform_int_distribution<int> d(0, 35);
@@ -189,7 +252,9 @@ class SqliteStore final : public Store {
  public:
   explicit SqliteStore(SqliteOptions opts) : opts_(opts) {}
   ~SqliteStore() override {
-    // Statements first: sqlite3_close refuses while any is alive.
+    // The checkpointer's connection first, then statements: sqlite3_close refuses while any
+    // statement is alive.
+    checkpointer_.reset();
     get_job_.reset();
     upsert_job_.reset();
     insert_attempt_.reset();
@@ -209,7 +274,17 @@ class SqliteStore final : public Store {
       return SqlError(db_, "open store " + path);
     }
     sqlite3_busy_timeout(db_, opts_.busy_timeout_ms);
+    path_ = path;
     DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
+    wal_ = QueryText("PRAGMA journal_mode") == "wal";  // ":memory:" stays "memory"
+    if (wal_ && opts_.wal_checkpoint_pages > 0) {
+      // Our hook replaces SQLite's automatic checkpoint (which ran inside the commit).
+      sqlite3_wal_hook(db_, &SqliteStore::OnWalCommit, this);
+      // A WAL that grew in a burst is cut back to this when it starts over.
+      DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA journal_size_limit=" +
+                                   std::to_string(std::int64_t{std::max(opts_.wal_max_pages, opts_.wal_checkpoint_pages)} *
+                                                  std::stoll("0" + QueryText("PRAGMA page_size")))));
+    }
     DESPOOL_RETURN_IF_ERROR(Exec(opts_.sync == SyncMode::kFull ? "PRAGMA synchronous=FULL"
                                                                 : "PRAGMA synchronous=NORMAL"));
     DESPOOL_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=OFF"));
@@ -286,6 +361,7 @@ class SqliteStore final : public Store {
       return e;
     }
     commit_->Reset();
+    AfterCommit();
     if (!b.events.empty()) {
       last_event_ = b.events.back().seq;
       if (oldest_event_ == 0) oldest_event_ = b.events.front().seq;
@@ -458,6 +534,12 @@ class SqliteStore final : public Store {
       if (std::string_view(p) == "temp_store") value = ColInt(q.get(), 0) == 2 ? "MEMORY" : value;
       out.push_back(std::string(p) + " = " + value);
     }
+    if (wal_ && opts_.wal_checkpoint_pages > 0) {
+      out.push_back("wal_checkpoint = PASSIVE on its own thread and connection at " +
+                    std::to_string(opts_.wal_checkpoint_pages) + " pages (none in the commit), RESTART in the commit past " +
+                    std::to_string(opts_.wal_max_pages));
+      out.push_back("journal_size_limit = " + QueryText("PRAGMA journal_size_limit"));
+    }
     out.push_back("events_retention = " + std::to_string(opts_.events_retention));
     out.push_back(std::string("sqlite_version = ") + sqlite3_libversion());
     return out;
@@ -472,6 +554,63 @@ class SqliteStore final : public Store {
       return MakeError(ErrorCode::kIo, "sqlite: " + m + " (in '" + sql.substr(0, 60) + "')");
     }
     return Status::Ok();
+  }
+
+  // The first column of the first row of `sql`, or "".
+  std::string QueryText(const std::string& sql) {
+    Stmt q;
+    if (!q.Prepare(db_, sql).ok() || sqlite3_step(q.get()) != SQLITE_ROW) return "";
+    return ColText(q.get(), 0);
+  }
+
+  // sqlite3_wal_hook: runs inside sqlite3_step(COMMIT) on the commit thread, after the WAL is
+  // written and synced. Only notes the size; the checkpointer is started and told in AfterCommit.
+  static int OnWalCommit(void* self, sqlite3*, const char*, int frames) {
+    auto* store = static_cast<SqliteStore*>(self);
+    store->wal_frames_ = frames;
+    store->wal_max_seen_ = std::max(store->wal_max_seen_, frames);
+    return SQLITE_OK;
+  }
+
+  // After a successful commit: the commit stands whatever happens here, so problems are logged.
+  void AfterCommit() {
+    if (!wal_ || opts_.wal_checkpoint_pages <= 0 || wal_frames_ < opts_.wal_checkpoint_pages) return;
+    if (!checkpointer_) {
+      auto started = WalCheckpointer::Start(path_, opts_.wal_checkpoint_pages, opts_.sync == SyncMode::kFull);
+      if (!started.ok()) {
+        // Without it the WAL is still bounded: every commit past wal_max_pages checkpoints.
+        GetLogger("store")->warn("cannot start the checkpoint thread error={}", LogQuote(started.error().message));
+      } else {
+        checkpointer_ = std::move(started).value();
+      }
+    }
+    if (checkpointer_ && (opts_.wal_max_pages <= 0 || wal_frames_ < opts_.wal_max_pages)) {
+      checkpointer_->Notify(wal_frames_);
+      return;
+    }
+    // No pass found the writer between transactions: copy what is left (the passes did most of
+    // it) and make the next commit start the WAL over. Rare; bounds the WAL.
+    std::optional<WalCheckpointer::Hold> hold;
+    if (checkpointer_) hold.emplace(*checkpointer_);
+    int log_frames = 0, backfilled = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_RESTART, &log_frames, &backfilled);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+      GetLogger("store")->warn("wal checkpoint failed error={}", LogQuote(sqlite3_errmsg(db_)));
+    }
+    ++forced_checkpoints_;
+  }
+
+  std::vector<std::string> Activity() override {
+    std::vector<std::string> out;
+    if (!wal_) return out;
+    out.push_back("wal_pages_max = " + std::to_string(wal_max_seen_));
+    if (checkpointer_) {
+      const auto st = checkpointer_->stats();
+      out.push_back("checkpoint_passes = " + std::to_string(st.checkpoints) + " (" +
+                    std::to_string(st.ns / 1'000'000) + " ms on their thread)");
+    }
+    out.push_back("checkpoints_in_commit = " + std::to_string(forced_checkpoints_));
+    return out;
   }
 
   Status Migrate() {
@@ -511,30 +650,27 @@ class SqliteStore final : public Store {
   }
 
   Status PrepareStatements() {
-    upsert_job_ = std::make_unique<Stmt>();
-    insert_attempt_ = std::make_unique<Stmt>();
+    upsert_job_ = std::make_unique<MultiRowInsert>(
+        std::string("INSERT INTO jobs(") + kJobColumns + ")", kJobColumnCount,
+        // An upsert updates in place (REPLACE would delete and re-insert the row and every
+        // index entry); only the mutable columns change after creation.
+        " ON CONFLICT(id) DO UPDATE SET state=excluded.state, attempts=excluded.attempts, "
+        "max_attempts=excluded.max_attempts, next_attempt_at=excluded.next_attempt_at, "
+        "last_error=excluded.last_error, in_use=excluded.in_use, holders=excluded.holders, "
+        "worker=excluded.worker, attempt_token=excluded.attempt_token, force_next=excluded.force_next, "
+        "forced_running=excluded.forced_running, cancel_reason=excluded.cancel_reason, "
+        "released_step=excluded.released_step, started_at=excluded.started_at, "
+        "updated_at=excluded.updated_at, report=excluded.report, stats=excluded.stats");
+    insert_attempt_ = std::make_unique<MultiRowInsert>(
+        "INSERT INTO job_history(job_id, attempt, worker, started_at, ended_at, outcome, error, in_use)", 8);
+    insert_event_ = std::make_unique<MultiRowInsert>("INSERT INTO events(seq, at, dp, package, payload)", 5);
     insert_dp_ = std::make_unique<Stmt>();
-    insert_event_ = std::make_unique<Stmt>();
     set_meta_ = std::make_unique<Stmt>();
     begin_ = std::make_unique<Stmt>();
     commit_ = std::make_unique<Stmt>();
     rollback_ = std::make_unique<Stmt>();
-    // An upsert updates in place (REPLACE would delete and re-insert the row and every index
-    // entry); only the mutable columns change after creation.
-    DESPOOL_RETURN_IF_ERROR(upsert_job_->Prepare(
-        db_, std::string("INSERT INTO jobs(") + kJobColumns +
-                 ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,"
-                 "?21,?22,?23,?24,?25,?26,?27,?28,?29,?30) ON CONFLICT(id) DO UPDATE SET "
-                 "state=?8, attempts=?9, max_attempts=?10, next_attempt_at=?16, last_error=?17, in_use=?18, "
-                 "holders=?19, worker=?20, attempt_token=?21, force_next=?22, forced_running=?23, "
-                 "cancel_reason=?24, released_step=?25, started_at=?26, updated_at=?28, report=?29, stats=?30"));
-    DESPOOL_RETURN_IF_ERROR(insert_attempt_->Prepare(
-        db_, "INSERT INTO job_history(job_id, attempt, worker, started_at, ended_at, outcome, error, in_use) "
-             "VALUES(?1,?2,?3,?4,?5,?6,?7,?8)"));
     DESPOOL_RETURN_IF_ERROR(
         insert_dp_->Prepare(db_, "INSERT OR IGNORE INTO dps(name, first_seen) VALUES(?1, ?2)"));
-    DESPOOL_RETURN_IF_ERROR(insert_event_->Prepare(
-        db_, "INSERT INTO events(seq, at, dp, package, payload) VALUES(?1,?2,?3,?4,?5)"));
     DESPOOL_RETURN_IF_ERROR(
         set_meta_->Prepare(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)"));
     DESPOOL_RETURN_IF_ERROR(begin_->Prepare(db_, "BEGIN IMMEDIATE"));
@@ -550,93 +686,120 @@ class SqliteStore final : public Store {
     return Status::Ok();
   }
 
+  // Writes `items` through `insert`, up to MultiRowInsert::kMaxRows rows per statement;
+  // bind(stmt, first_parameter, item) binds one row. Text is bound without copying, so
+  // anything bind() makes up must live in `scratch` (kept until the statement ran).
+  template <typename Items, typename BindRow>
+  Status InsertRows(MultiRowInsert& insert, const Items& items, const char* what, BindRow bind) {
+    auto it = items.begin();
+    std::size_t left = items.size();
+    while (left > 0) {
+      const std::size_t rows = std::min(left, MultiRowInsert::kMaxRows);
+      auto stmt = insert.For(db_, rows);
+      if (!stmt.ok()) return stmt.take_error();
+      scratch_.clear();
+      scratch_.reserve(rows * 4);  // never reallocates while rows are bound (<= 4 per row)
+      for (std::size_t r = 0; r < rows; ++r, ++it) bind(**stmt, static_cast<int>(r) * insert.columns() + 1, *it);
+      DESPOOL_RETURN_IF_ERROR(Step(**stmt, what));
+      left -= rows;
+    }
+    return Status::Ok();
+  }
+
+  // Keeps a string made up while binding alive until the statement ran; returns it.
+  const std::string& Keep(std::string s) { return scratch_.emplace_back(std::move(s)); }
+
+  void BindJob(Stmt& s, int p, const JobRecord& r) {
+    const msg::JobInfo& j = r.info;
+    s.BindStatic(p + 0, j.id);
+    s.Bind(p + 1, static_cast<std::int64_t>(r.seq));
+    s.Bind(p + 2, static_cast<std::int64_t>(j.kind));
+    s.BindStatic(p + 3, j.package);
+    s.Bind(p + 4, static_cast<std::int64_t>(j.version));
+    s.BindStatic(p + 5, j.dp);
+    s.BindStatic(p + 6, j.source);
+    s.Bind(p + 7, static_cast<std::int64_t>(j.state));
+    s.Bind(p + 8, static_cast<std::int64_t>(j.attempts));
+    s.Bind(p + 9, static_cast<std::int64_t>(r.policy.max_attempts));
+    s.Bind(p + 10, static_cast<std::int64_t>(r.policy.retry_base_ms));
+    s.Bind(p + 11, static_cast<std::int64_t>(r.policy.retry_max_ms));
+    s.Bind(p + 12, static_cast<std::int64_t>(r.policy.on_exhausted));
+    s.Bind(p + 13, std::int64_t{r.repair});
+    s.Bind(p + 14, std::int64_t{r.checksum});
+    s.BindOpt(p + 15, j.next_attempt_at_ms);
+    s.BindStatic(p + 16, j.last_error);
+    if (j.in_use.empty()) {
+      s.BindNull(p + 17);
+    } else {
+      s.BindStatic(p + 17, Keep(json(j.in_use).dump()));
+    }
+    if (j.holders.empty()) {
+      s.BindNull(p + 18);
+    } else {
+      s.BindStatic(p + 18, Keep(HoldersToJson(j.holders).dump()));
+    }
+    s.BindStatic(p + 19, j.worker);
+    s.Bind(p + 20, static_cast<std::int64_t>(r.attempt_token));
+    s.Bind(p + 21, std::int64_t{r.force_next});
+    s.Bind(p + 22, std::int64_t{r.forced_running});
+    s.Bind(p + 23, static_cast<std::int64_t>(r.cancel_reason));
+    s.Bind(p + 24, static_cast<std::int64_t>(r.released_step));
+    s.Bind(p + 25, r.started_at_ms);
+    s.Bind(p + 26, j.created_at_ms);
+    s.Bind(p + 27, j.updated_at_ms);
+    if (j.report) {
+      s.BindStatic(p + 28, Keep(ReportToJson(*j.report).dump()));
+    } else {
+      s.BindNull(p + 28);
+    }
+    if (j.stats) {
+      s.BindStatic(p + 29, Keep(StatsToJson(*j.stats).dump()));
+    } else {
+      s.BindNull(p + 29);
+    }
+  }
+
   Status WriteAll(const WriteBatch& b) {
-    for (const auto& [id, r] : b.jobs) {
-      Stmt& s = *upsert_job_;
-      const msg::JobInfo& j = r.info;
-      s.Bind(1, j.id);
-      s.Bind(2, static_cast<std::int64_t>(r.seq));
-      s.Bind(3, static_cast<std::int64_t>(j.kind));
-      s.Bind(4, j.package);
-      s.Bind(5, static_cast<std::int64_t>(j.version));
-      s.Bind(6, j.dp);
-      s.Bind(7, j.source);
-      s.Bind(8, static_cast<std::int64_t>(j.state));
-      s.Bind(9, static_cast<std::int64_t>(j.attempts));
-      s.Bind(10, static_cast<std::int64_t>(r.policy.max_attempts));
-      s.Bind(11, static_cast<std::int64_t>(r.policy.retry_base_ms));
-      s.Bind(12, static_cast<std::int64_t>(r.policy.retry_max_ms));
-      s.Bind(13, static_cast<std::int64_t>(r.policy.on_exhausted));
-      s.Bind(14, std::int64_t{r.repair});
-      s.Bind(15, std::int64_t{r.checksum});
-      s.BindOpt(16, j.next_attempt_at_ms);
-      s.BindOpt(17, j.last_error);
-      if (j.in_use.empty()) {
-        s.BindNull(18);
-      } else {
-        s.Bind(18, json(j.in_use).dump());
-      }
-      if (j.holders.empty()) {
-        s.BindNull(19);
-      } else {
-        s.Bind(19, HoldersToJson(j.holders).dump());
-      }
-      s.BindOpt(20, j.worker);
-      s.Bind(21, static_cast<std::int64_t>(r.attempt_token));
-      s.Bind(22, std::int64_t{r.force_next});
-      s.Bind(23, std::int64_t{r.forced_running});
-      s.Bind(24, static_cast<std::int64_t>(r.cancel_reason));
-      s.Bind(25, static_cast<std::int64_t>(r.released_step));
-      s.Bind(26, r.started_at_ms);
-      s.Bind(27, j.created_at_ms);
-      s.Bind(28, j.updated_at_ms);
-      if (j.report) {
-        s.Bind(29, ReportToJson(*j.report).dump());
-      } else {
-        s.BindNull(29);
-      }
-      if (j.stats) {
-        s.Bind(30, StatsToJson(*j.stats).dump());
-      } else {
-        s.BindNull(30);
-      }
-      DESPOOL_RETURN_IF_ERROR(Step(s, "upsert job"));
-    }
-    for (const auto& a : b.attempts) {
-      Stmt& s = *insert_attempt_;
-      s.Bind(1, a.job_id);
-      s.Bind(2, static_cast<std::int64_t>(a.attempt));
-      s.Bind(3, a.worker);
-      s.Bind(4, a.started_at_ms);
-      s.Bind(5, a.ended_at_ms);
-      s.Bind(6, a.outcome);
-      s.BindOpt(7, a.error);
-      if (a.in_use.empty()) {
-        s.BindNull(8);
-      } else {
-        s.Bind(8, json(a.in_use).dump());
-      }
-      DESPOOL_RETURN_IF_ERROR(Step(s, "insert attempt"));
-    }
+    DESPOOL_RETURN_IF_ERROR(InsertRows(*upsert_job_, b.jobs, "upsert jobs",
+                                       [this](Stmt& s, int p, const auto& kv) { BindJob(s, p, kv.second); }));
+    DESPOOL_RETURN_IF_ERROR(InsertRows(*insert_attempt_, b.attempts, "insert attempts",
+                                       [this](Stmt& s, int p, const AttemptRecord& a) {
+                                         s.BindStatic(p + 0, a.job_id);
+                                         s.Bind(p + 1, static_cast<std::int64_t>(a.attempt));
+                                         s.BindStatic(p + 2, a.worker);
+                                         s.Bind(p + 3, a.started_at_ms);
+                                         s.Bind(p + 4, a.ended_at_ms);
+                                         s.BindStatic(p + 5, a.outcome);
+                                         s.BindStatic(p + 6, a.error);
+                                         if (a.in_use.empty()) {
+                                           s.BindNull(p + 7);
+                                         } else {
+                                           s.BindStatic(p + 7, Keep(json(a.in_use).dump()));
+                                         }
+                                       }));
     const std::int64_t now = NowMs();
     for (const auto& dp : b.new_dps) {
       insert_dp_->Bind(1, dp);
       insert_dp_->Bind(2, now);
       DESPOOL_RETURN_IF_ERROR(Step(*insert_dp_, "insert dp"));
     }
-    for (std::size_t i = 0; i < b.events.size(); ++i) {
-      const msg::Event& e = b.events[i];
-      Stmt& s = *insert_event_;
-      s.Bind(1, static_cast<std::int64_t>(e.seq));
-      s.Bind(2, e.at_ms);
-      s.Bind(3, e.job.dp);
-      s.Bind(4, e.job.package);
-      const std::string payload = i < b.encoded_events.size()
-                                      ? b.encoded_events[i]
-                                      : msg::Encode(msg::Envelope{msg::kProtocolVersion, 0, e});
-      sqlite3_bind_blob(s.get(), 5, payload.data(), static_cast<int>(payload.size()), SQLITE_STATIC);
-      DESPOOL_RETURN_IF_ERROR(Step(s, "insert event"));
-    }
+    // Events with their encoded envelope: the loop's (encoded once for the store and the PUB
+    // socket) or, when it gave none, encoded here.
+    std::size_t index = 0;
+    DESPOOL_RETURN_IF_ERROR(InsertRows(*insert_event_, b.events, "insert events",
+                                       [&](Stmt& s, int p, const msg::Event& e) {
+                                         const std::size_t i = index++;
+                                         const std::string& payload =
+                                             i < b.encoded_events.size()
+                                                 ? b.encoded_events[i]
+                                                 : Keep(msg::Encode(msg::Envelope{msg::kProtocolVersion, 0, e}));
+                                         s.Bind(p + 0, static_cast<std::int64_t>(e.seq));
+                                         s.Bind(p + 1, e.at_ms);
+                                         s.BindStatic(p + 2, e.job.dp);
+                                         s.BindStatic(p + 3, e.job.package);
+                                         sqlite3_bind_blob(s.get(), p + 4, payload.data(),
+                                                           static_cast<int>(payload.size()), SQLITE_STATIC);
+                                       }));
     if (!b.events.empty()) {
       set_meta_->Bind(1, std::string("last_event_seq"));
       set_meta_->Bind(2, std::to_string(b.events.back().seq));
@@ -660,9 +823,16 @@ class SqliteStore final : public Store {
 
   SqliteOptions opts_;
   sqlite3* db_ = nullptr;
+  std::string path_;
+  bool wal_ = false;
+  int wal_frames_ = 0;                          // WAL size after the last commit
+  int wal_max_seen_ = 0;                        // the largest WAL after a commit
+  std::uint64_t forced_checkpoints_ = 0;        // by the writer, past wal_max_pages
+  std::unique_ptr<WalCheckpointer> checkpointer_;
   std::unique_ptr<Stmt> get_job_;
-  std::unique_ptr<Stmt> upsert_job_, insert_attempt_, insert_dp_, insert_event_, set_meta_, begin_,
-      commit_, rollback_;
+  std::unique_ptr<MultiRowInsert> upsert_job_, insert_attempt_, insert_event_;
+  std::unique_ptr<Stmt> insert_dp_, set_meta_, begin_, commit_, rollback_;
+  std::vector<std::string> scratch_;            // strings bound to the statement being run
   std::uint64_t oldest_event_ = 0;
   std::uint64_t last_event_ = 0;
 };
@@ -676,6 +846,7 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, const Sq
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
     if (ec) return MakeError(ErrorCode::kIo, "create store directory " + parent.string() + ": " + ec.message());
   }
+  ConfigureSqliteOnce();
   auto store = std::make_unique<SqliteStore>(opts);
   DESPOOL_RETURN_IF_ERROR(store->Open(path));
   return std::unique_ptr<Store>(std::move(store));

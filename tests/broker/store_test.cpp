@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "despool/broker/store.h"
 
@@ -256,6 +257,130 @@ TEST_F(StoreTest, EventRetentionPrunesTheOldestAndSaysSo) {
   auto loaded = reopened->Load();
   ASSERT_TRUE(loaded.ok());
   EXPECT_EQ(loaded->last_event_seq, 300u);
+}
+
+// Batches larger than one multi-row statement (32 rows): every row lands with its own values,
+// inserts and in-place updates alike.
+TEST_F(StoreTest, LargeBatchesRoundTripRowByRow) {
+  auto s = Open();
+  const int kJobs = 70;
+  WriteBatch b;
+  for (int i = 1; i <= kJobs; ++i) {
+    JobRecord r = FullJob("s-" + std::to_string(i), static_cast<std::uint64_t>(i));
+    r.info.package = "pkg" + std::to_string(i);
+    r.info.attempts = static_cast<std::uint32_t>(i % 7);
+    if (i % 3 == 0) {
+      r.info.in_use.clear();
+      r.info.holders.clear();
+      r.info.report.reset();
+      r.info.last_error.reset();
+    }
+    b.jobs[r.info.id] = r;
+    AttemptRecord a;
+    a.job_id = r.info.id;
+    a.attempt = static_cast<std::uint64_t>(i);
+    a.worker = "w" + std::to_string(i);
+    a.outcome = "deferred";
+    if (i % 2 == 0) a.in_use = {"x/" + std::to_string(i)};
+    b.attempts.push_back(a);
+    msg::Event e;
+    e.seq = static_cast<std::uint64_t>(i);
+    e.at_ms = 1000 + i;
+    e.job = r.info;
+    b.events.push_back(e);
+  }
+  ASSERT_TRUE(s->Commit(b).ok());
+  // Update them all (more than one statement's worth again).
+  WriteBatch u;
+  for (int i = 1; i <= kJobs; ++i) {
+    JobRecord r = b.jobs.at("s-" + std::to_string(i));
+    r.info.state = msg::JobState::kApplied;
+    r.info.updated_at_ms = 5000 + i;
+    r.attempt_token = static_cast<std::uint64_t>(100 + i);
+    u.jobs[r.info.id] = r;
+  }
+  ASSERT_TRUE(s->Commit(u).ok());
+  s.reset();
+  auto r = Open();
+  for (int i = 1; i <= kJobs; ++i) {
+    const std::string id = "s-" + std::to_string(i);
+    auto got = r->GetJob(id);
+    ASSERT_TRUE(got.ok() && got->has_value()) << id;
+    const JobRecord& want = u.jobs.at(id);
+    EXPECT_EQ((*got)->info.package, want.info.package);
+    EXPECT_EQ((*got)->info.state, msg::JobState::kApplied);
+    EXPECT_EQ((*got)->info.attempts, want.info.attempts);
+    EXPECT_EQ((*got)->info.in_use, want.info.in_use);
+    EXPECT_EQ((*got)->info.last_error, want.info.last_error);
+    EXPECT_EQ((*got)->info.updated_at_ms, 5000 + i);
+    EXPECT_EQ((*got)->attempt_token, static_cast<std::uint64_t>(100 + i));
+    auto h = r->History(id);
+    ASSERT_TRUE(h.ok());
+    ASSERT_EQ(h->size(), 1u) << id;
+    EXPECT_EQ(h->front().worker, "w" + std::to_string(i));
+    EXPECT_EQ(h->front().in_use, b.attempts[static_cast<std::size_t>(i - 1)].in_use);
+  }
+  auto page = r->EventsSince(0, 0, std::nullopt, std::nullopt);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->events.size(), static_cast<std::size_t>(kJobs));
+  for (int i = 1; i <= kJobs; ++i) {
+    const msg::Event& e = page->events[static_cast<std::size_t>(i - 1)];
+    EXPECT_EQ(e.seq, static_cast<std::uint64_t>(i));
+    EXPECT_EQ(e.at_ms, 1000 + i);
+    EXPECT_EQ(e.job.package, "pkg" + std::to_string(i));
+  }
+}
+
+// Checkpoints run on their own thread, never in the commit (SQLite's automatic checkpoint is
+// off), and the WAL stays bounded even if that thread falls behind: past wal_max_pages the
+// writer checkpoints itself.
+TEST_F(StoreTest, WalIsCheckpointedOffTheCommitAndStaysBounded) {
+  SqliteOptions o;
+  o.wal_checkpoint_pages = 8;
+  o.wal_max_pages = 32;
+  auto s = Open(o);
+  bool autocheckpoint_off = false, described = false;
+  for (const auto& line : s->Describe()) {
+    autocheckpoint_off |= line == "wal_autocheckpoint = 0";
+    described |= line.rfind("wal_checkpoint = PASSIVE on its own thread", 0) == 0;
+  }
+  EXPECT_TRUE(autocheckpoint_off);
+  EXPECT_TRUE(described);
+  auto checkpoint_thread_runs = [] {
+    for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(t.path() / "comm");
+      std::string name;
+      if (std::getline(comm, name) && name == "broker-ckpt") return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(checkpoint_thread_runs());  // started by the first commit that needs it
+  const std::string wal = path_ + "-wal";
+  const std::uintmax_t frame = 4096 + 24;
+  std::uintmax_t largest = 0;
+  std::uint64_t seq = 0;
+  for (int round = 0; round < 200; ++round) {
+    WriteBatch b;
+    for (int i = 0; i < 8; ++i) {
+      msg::Event e;
+      e.seq = ++seq;
+      e.job.id = "e-" + std::to_string(seq);
+      e.job.dp = "dp";
+      e.job.package = "p";
+      e.job.source = "/src/p";
+      e.job.last_error = std::string(400, 'x');  // about one page per commit
+      b.events.push_back(e);
+    }
+    ASSERT_TRUE(s->Commit(b).ok());
+    largest = std::max(largest, std::filesystem::file_size(wal));
+  }
+  EXPECT_TRUE(checkpoint_thread_runs());
+  // Past 32 frames the commit restarts the WAL; a commit adds a few frames: far below the
+  // 200+ pages the run wrote, and below SQLite's 1000-page automatic checkpoint.
+  EXPECT_LE(largest, 32 + (o.wal_max_pages + 16) * frame) << "WAL grew to " << largest << " bytes";
+  auto page = s->EventsSince(0, 0, std::nullopt, std::nullopt);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->events.size(), seq);
 }
 
 }  // namespace

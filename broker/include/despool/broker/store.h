@@ -83,6 +83,9 @@ class Store {
   virtual Result<StoreCounts> Counts() = 0;
   // "name = value" lines describing the durability settings in force (for logs and benchmarks).
   virtual std::vector<std::string> Describe() = 0;
+  // "name = value" lines about the write path's work so far (WAL size, checkpoints), for logs and
+  // benchmarks. Call it from the thread that commits, or once commits have stopped.
+  virtual std::vector<std::string> Activity() { return {}; }
 };
 
 enum class SyncMode { kFull, kNormal };
@@ -92,6 +95,12 @@ struct SqliteOptions {
   std::uint64_t events_retention = 100'000;    // state events kept
   int busy_timeout_ms = 5000;
   std::int64_t cache_kib = 32768;              // SQLite page cache per connection
+  // WAL checkpoints run on their own thread and connection once the WAL holds this many pages,
+  // never inside a commit (0: SQLite's automatic checkpoint inside the commit, at 1000 pages).
+  int wal_checkpoint_pages = 1000;
+  // Should that thread fall behind, the writer checkpoints itself (RESTART) past this many pages:
+  // the WAL stays bounded whatever happens.
+  int wal_max_pages = 4000;
 };
 
 // Opens (creating and migrating as needed) the SQLite store at path; ":memory:" for tests.

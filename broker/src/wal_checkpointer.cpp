@@ -1,0 +1,100 @@
+#include "wal_checkpointer.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+
+#include <chrono>
+
+#include "despool/common/logging.h"
+
+namespace despool::broker {
+
+Result<std::unique_ptr<WalCheckpointer>> WalCheckpointer::Start(const std::string& path, int threshold_pages,
+                                                                bool sync_full) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    std::string m = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return MakeError(ErrorCode::kIo, "open checkpoint connection " + path + ": " + m);
+  }
+  // Never checkpoints on its own (it never writes anyway), syncs like the writer.
+  const char* setup = sync_full ? "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0"
+                                : "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0";
+  if (sqlite3_exec(db, setup, nullptr, nullptr, nullptr) != SQLITE_OK) {
+    std::string m = sqlite3_errmsg(db);
+    sqlite3_close(db);
+    return MakeError(ErrorCode::kIo, "set up checkpoint connection: " + m);
+  }
+  return std::unique_ptr<WalCheckpointer>(new WalCheckpointer(db, threshold_pages));
+}
+
+WalCheckpointer::WalCheckpointer(sqlite3* db, int threshold_pages)
+    : db_(db), threshold_(threshold_pages), thread_([this] { Loop(); }) {}
+
+WalCheckpointer::~WalCheckpointer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  sqlite3_close(db_);
+}
+
+void WalCheckpointer::Notify(int frames) {
+  if (frames < threshold_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (wanted_) return;
+    wanted_ = true;
+  }
+  cv_.notify_one();
+}
+
+WalCheckpointer::Hold::Hold(WalCheckpointer& c) : c_(c) {
+  std::unique_lock<std::mutex> lock(c_.mu_);
+  c_.held_ = true;
+  c_.cv_.wait(lock, [this] { return !c_.running_; });
+}
+
+WalCheckpointer::Hold::~Hold() {
+  {
+    std::lock_guard<std::mutex> lock(c_.mu_);
+    c_.held_ = false;
+  }
+  c_.cv_.notify_all();
+}
+
+WalCheckpointer::Stats WalCheckpointer::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void WalCheckpointer::Loop() {
+  pthread_setname_np(pthread_self(), "broker-ckpt");
+  auto log = GetLogger("store");
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stop_ || (wanted_ && !held_); });
+    if (stop_) return;
+    wanted_ = false;
+    running_ = true;
+    lock.unlock();
+    // One pass copies what the WAL held when it began; commits appended meanwhile are left for
+    // the next pass (the writer's next Notify asks for it), until a pass finds the writer
+    // between transactions and the WAL starts over.
+    int log_frames = 0, backfilled = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &backfilled);
+    const auto ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) log->warn("wal checkpoint failed error={}", LogQuote(sqlite3_errmsg(db_)));
+    lock.lock();
+    running_ = false;
+    cv_.notify_all();  // a Hold may be waiting
+    stats_.checkpoints += 1;
+    stats_.ns += ns;
+  }
+}
+
+}  // namespace despool::broker
