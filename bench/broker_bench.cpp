@@ -6,12 +6,27 @@
 //
 //   broker_bench [--instructions N] [--publishers P] [--inflight K] [--workers W]
 //                [--capacity C] [--sync full|normal] [--dir DIR] [--rate R]
-//   broker_bench --deferred-scale --instructions 1000000 --defer-base-s 300
+//   broker_bench --deferred-scale --instructions 1000000 --defer-base-s 300 [--dps D]
 //
 // --rate R paces submits to R instructions/s in total (latency at a given load); 0 = flat out.
 // The broker runs in-process on its own thread with its own ZeroMQ context, on loopback TCP.
+//
+// --deferred-scale: every instruction (one DP each) is submitted through the frontend; the
+// bench workers answer each job's first dispatch `deferred` (one file in use), so the broker
+// parks it until due = deferral + defer-base exactly (retry base = max); its second dispatch is
+// answered up-to-date. Here the broker runs as its own process (this program re-executed with
+// --broker-child) so its VmRSS/VmHWM are the broker's alone and a restart is a real one. Once
+// every job is deferred: RSS, then the broker is stopped (SIGTERM-equivalent drain) and started
+// again on the same store; restart time = exec until its sockets are bound; then the due
+// retries run while the workers serve them: lateness due -> queued (dispatchable) and due ->
+// dispatched. --dps D spreads the jobs over D DPs (D x N/D distinct (DP, package) lanes, N/D
+// package names); the default, one DP and N package names, is the worst case for memory.
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +37,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <stdexcept>
 #include <map>
 #include <string>
 #include <thread>
@@ -53,7 +69,26 @@ struct Options {
   bool deferred_scale = false;
   bool inline_commits = false;     // --inline-commits: no commit thread (for comparison)
   std::uint64_t defer_base_ms = 120'000;
+  int dps = 1;                     // --dps (deferred-scale)
+  bool broker_child = false;       // --broker-child: the broker process of --deferred-scale
+  std::string endpoints_file;      // --broker-child: where to write the bound endpoints
+  std::string metrics_file;        // --broker-child: where to write the loop metrics at exit
+  std::string frontend, backend, events;  // --broker-child: bind these (restart on the same ports)
 };
+
+std::string DpName(const Options& o, std::uint64_t i) {
+  return o.dps <= 1 ? std::string("bench") : "dp-" + std::to_string(i % static_cast<std::uint64_t>(o.dps));
+}
+std::vector<std::string> AllDps(const Options& o) {
+  std::vector<std::string> out;
+  for (int i = 0; i < std::max(1, o.dps); ++i) out.push_back(DpName(o, static_cast<std::uint64_t>(i)));
+  return out;
+}
+// Unique per (DP, package): with D DPs, package i / D.
+std::string PackageName(const Options& o, std::uint64_t i) {
+  return o.dps <= 1 ? std::string("p").append(std::to_string(i))
+                    : "vendor.product-" + std::to_string(i / static_cast<std::uint64_t>(o.dps));
+}
 
 std::string Frame(msg::Body body, std::uint64_t id = 0) {
   return msg::Encode(msg::Envelope{msg::kProtocolVersion, id, std::move(body)});
@@ -122,7 +157,7 @@ void PrintCpuTable(const std::map<std::string, std::uint64_t>& before,
 void RunWorkers(const Options& o, const std::string& endpoint, std::atomic<bool>& stop,
                 std::atomic<std::uint64_t>& answered) {
   auto reg = [&](int i) {
-    return Frame(msg::Register{std::string("bench-").append(std::to_string(i)), {"bench"}, o.worker_capacity});
+    return Frame(msg::Register{std::string("bench-").append(std::to_string(i)), AllDps(o), o.worker_capacity});
   };
   NameThread("bench-workers");
   zmq::context_t ctx(1);
@@ -208,10 +243,10 @@ void RunPublishers(const Options& o, const std::string& endpoint, PublisherResul
         }
         msg::SubmitRequest r;
         msg::Instruction in;
-        in.package = std::string("p").append(std::to_string(submitted));
+        in.package = PackageName(o, submitted);
         in.version = 1;
         in.source = "/srv/src/p/1";
-        in.dps = {"bench"};
+        in.dps = {DpName(o, submitted)};
         r.instructions.push_back(std::move(in));
         const std::uint64_t id = ++pubs[p].next_id;
         pubs[p].outstanding[id] = Clock::now();
@@ -275,18 +310,6 @@ Clock::time_point WaitAllTerminal(const std::string& endpoint, std::uint64_t n) 
   });
 }
 
-// VmRSS / VmHWM of this process in MiB.
-std::pair<double, double> RssMiB() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  double rss = 0, hwm = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) rss = std::stod(line.substr(6)) / 1024.0;
-    if (line.rfind("VmHWM:", 0) == 0) hwm = std::stod(line.substr(6)) / 1024.0;
-  }
-  return {rss, hwm};
-}
-
 // A broker on its own thread, stopped through a pipe.
 class RunningBroker {
  public:
@@ -323,55 +346,205 @@ class RunningBroker {
   std::thread thread_;
 };
 
-int DeferredScale(Options o, broker::BrokerSettings s) {
+// --broker-child: the broker of --deferred-scale in its own process. Runs until its stdin
+// closes (the parent's stop), then writes its loop metrics as key=value lines.
+int BrokerChild(const Options& o, broker::BrokerSettings s) {
+  const auto t0 = Clock::now();
   s.core.default_policy.retry_base_ms = o.defer_base_ms;
   s.core.default_policy.retry_max_ms = o.defer_base_ms;
-  auto first = std::make_unique<RunningBroker>();
-  if (Status st = first->Start(s); !st.ok()) {
-    std::fprintf(stderr, "start: %s\n", st.error().message.c_str());
+  if (!o.frontend.empty()) s.frontend = o.frontend;
+  if (!o.backend.empty()) s.backend = o.backend;
+  if (!o.events.empty()) s.events = o.events;
+  s.endpoints_file = o.endpoints_file;
+  RunningBroker b;
+  if (Status st = b.Start(s); !st.ok()) {
+    std::fprintf(stderr, "broker child: %s\n", st.error().message.c_str());
     return 1;
   }
-  const auto eps = first->b->endpoints();
+  const double start_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  char c;
+  while (::read(0, &c, 1) > 0) {
+  }
+  b.Stop();
+  const auto m = b.b->metrics();
+  std::ofstream f(o.metrics_file + ".tmp", std::ios::trunc);
+  f << "start_s=" << start_s << "\nactive_jobs=" << m.active_jobs << "\ndue_retries=" << m.due_retries
+    << "\nqueued_p50=" << m.due_lateness_p50_ms << "\nqueued_p99=" << m.due_lateness_p99_ms
+    << "\nqueued_max=" << m.due_lateness_max_ms << "\ndispatched=" << m.due_dispatched
+    << "\ndispatched_p50=" << m.due_dispatch_p50_ms << "\ndispatched_p99=" << m.due_dispatch_p99_ms
+    << "\ndispatched_max=" << m.due_dispatch_max_ms << "\nloop_cpu_s=" << static_cast<double>(m.loop_cpu_ns) / 1e9
+    << "\ncommit_cpu_s=" << static_cast<double>(m.commit_cpu_ns) / 1e9 << "\nrounds=" << m.rounds
+    << "\ncommits=" << m.commits << "\nok=" << (b.status.ok() ? 1 : 0) << "\n";
+  f.close();
+  std::filesystem::rename(o.metrics_file + ".tmp", o.metrics_file);
+  return b.status.ok() ? 0 : 1;
+}
+
+// The broker child process as seen from the bench: its pid, the pipe that stops it, its files.
+class BrokerProcess {
+ public:
+  BrokerProcess(const Options& o, int n, const std::string& frontend, const std::string& backend,
+                const std::string& events)
+      : endpoints_(o.dir + "/endpoints-" + std::to_string(n)), metrics_(o.dir + "/metrics-" + std::to_string(n)) {
+    std::vector<std::string> argv = {"/proc/self/exe", "--broker-child", "--dir", o.dir,
+                                     "--defer-base-ms", std::to_string(o.defer_base_ms),
+                                     "--dps", std::to_string(o.dps), "--sync", o.sync_full ? "full" : "normal",
+                                     "--endpoints-file", endpoints_, "--metrics-file", metrics_};
+    if (!frontend.empty()) {
+      argv.insert(argv.end(), {"--frontend", frontend, "--backend", backend, "--events", events});
+    }
+    if (o.inline_commits) argv.push_back("--inline-commits");
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    started_ = Clock::now();
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork");
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::dup2(p[0], 0);
+      ::close(p[0]);
+      ::close(p[1]);
+      ::execv("/proc/self/exe", args.data());
+      ::_exit(127);
+    }
+    ::close(p[0]);
+    stop_fd_ = p[1];
+  }
+  ~BrokerProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (stop_fd_ >= 0) ::close(stop_fd_);
+  }
+
+  // Waits for the endpoints file (written once bound); false if the child died first.
+  bool WaitBound(std::string* frontend, std::string* backend, std::string* events) {
+    while (true) {
+      std::ifstream f(endpoints_);
+      std::string line;
+      while (std::getline(f, line)) {
+        if (line.rfind("frontend=", 0) == 0) *frontend = line.substr(9);
+        if (line.rfind("backend=", 0) == 0) *backend = line.substr(8);
+        if (line.rfind("events=", 0) == 0) *events = line.substr(7);
+      }
+      if (!frontend->empty() && !backend->empty() && !events->empty()) {
+        bound_ = Clock::now();
+        return true;
+      }
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(2ms);
+    }
+  }
+  double StartSeconds() const { return std::chrono::duration<double>(bound_ - started_).count(); }
+
+  // VmRSS / VmHWM of the broker process in MiB.
+  std::pair<double, double> RssMiB() const {
+    std::ifstream f("/proc/" + std::to_string(pid_) + "/status");
+    std::string line;
+    double rss = 0, hwm = 0;
+    while (std::getline(f, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) rss = std::stod(line.substr(6)) / 1024.0;
+      if (line.rfind("VmHWM:", 0) == 0) hwm = std::stod(line.substr(6)) / 1024.0;
+    }
+    return {rss, hwm};
+  }
+
+  // Stops the broker (drain, commit, exit) and returns its metrics.
+  std::map<std::string, double> Stop() {
+    ::close(stop_fd_);
+    stop_fd_ = -1;
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    std::map<std::string, double> m;
+    std::ifstream f(metrics_);
+    std::string line;
+    while (std::getline(f, line)) {
+      const auto eq = line.find('=');
+      if (eq != std::string::npos) m[line.substr(0, eq)] = std::stod(line.substr(eq + 1));
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) m["ok"] = 0;
+    return m;
+  }
+
+ private:
+  std::string endpoints_, metrics_;
+  pid_t pid_ = -1;
+  int stop_fd_ = -1;
+  Clock::time_point started_{}, bound_{};
+};
+
+int DeferredScale(Options o) {
+  double load[3] = {0, 0, 0};
+  getloadavg(load, 3);
+  const double load_before = load[0];
+  std::string fe, be, ev;
+  auto first = std::make_unique<BrokerProcess>(o, 1, "", "", "");
+  if (!first->WaitBound(&fe, &be, &ev)) {
+    std::fprintf(stderr, "broker did not start\n");
+    return 1;
+  }
+  const auto [rss0, hwm0] = first->RssMiB();
   std::atomic<bool> stop_workers{false};
   std::atomic<std::uint64_t> answered{0};
-  std::thread workers([&] { RunWorkers(o, eps.backend, stop_workers, answered); });
+  std::thread workers([&] { RunWorkers(o, be, stop_workers, answered); });
   PublisherResult pr;
-  RunPublishers(o, eps.frontend, pr);
-  const auto all_deferred = WaitStats(eps.frontend, [&](const msg::StatsReply& st) { return st.retry_backlog >= o.instructions; });
+  RunPublishers(o, fe, pr);
+  const auto all_deferred = WaitStats(fe, [&](const msg::StatsReply& st) { return st.retry_backlog >= o.instructions; });
   const double fill_s = std::chrono::duration<double>(all_deferred - pr.first_submit).count();
-  const auto [rss1, hwm1] = RssMiB();
-  const auto m1 = first->b->metrics();
-  first->Stop();
+  const auto [rss1, hwm1] = first->RssMiB();
+  const auto m1 = first->Stop();
   first.reset();
   // Restart on the same store and the same endpoints (the workers reconnect and re-register).
-  s.frontend = eps.frontend;
-  s.backend = eps.backend;
-  s.events = eps.events;
-  RunningBroker second;
-  const auto t0 = Clock::now();
-  if (Status st = second.Start(s); !st.ok()) {
-    std::fprintf(stderr, "restart: %s\n", st.error().message.c_str());
+  BrokerProcess second(o, 2, fe, be, ev);
+  std::string fe2, be2, ev2;
+  if (!second.WaitBound(&fe2, &be2, &ev2)) {
+    std::fprintf(stderr, "broker did not restart\n");
     return 1;
   }
-  const double restart_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const auto [rss2, hwm2] = RssMiB();
-  WaitAllTerminal(eps.frontend, o.instructions);
+  const double restart_s = second.StartSeconds();
+  const auto [rss2, hwm2] = second.RssMiB();
+  const auto retries_from = Clock::now();
+  WaitAllTerminal(fe, o.instructions);
+  const double retries_s = std::chrono::duration<double>(Clock::now() - retries_from).count();
+  const auto [rss3, hwm3] = second.RssMiB();
   stop_workers = true;
   workers.join();
-  second.Stop();
-  const auto m2 = second.b->metrics();
-  std::printf("broker_bench --deferred-scale: %llu jobs deferred once (retry after %.0f s), then up-to-date\n",
-              static_cast<unsigned long long>(o.instructions), static_cast<double>(o.defer_base_ms) / 1000.0);
+  const auto m2 = second.Stop();
+  getloadavg(load, 3);
+  auto g = [](const std::map<std::string, double>& m, const char* k) {
+    auto it = m.find(k);
+    return it == m.end() ? -1.0 : it->second;
+  };
+  std::printf("broker_bench --deferred-scale: %llu jobs (%d DP%s, %llu package names) deferred once (retry after "
+              "%.0f s), then up-to-date; synchronous=%s\n",
+              static_cast<unsigned long long>(o.instructions), o.dps, o.dps > 1 ? "s" : "",
+              static_cast<unsigned long long>(o.dps > 1 ? (o.instructions + static_cast<std::uint64_t>(o.dps) - 1) /
+                                                              static_cast<std::uint64_t>(o.dps)
+                                                        : o.instructions),
+              static_cast<double>(o.defer_base_ms) / 1000.0, o.sync_full ? "FULL" : "NORMAL");
   std::printf("  created and deferred through the frontend/backend in %.1f s (%.0f jobs/s)\n", fill_s,
               static_cast<double>(o.instructions) / fill_s);
-  std::printf("  process RSS with all deferred: %.0f MiB (peak %.0f MiB); broker holds %llu active jobs\n", rss1, hwm1,
-              static_cast<unsigned long long>(m1.active_jobs));
-  std::printf("  restart (open store, load, rebuild timers, bind): %.2f s; RSS after restart %.0f MiB (peak %.0f)\n",
-              restart_s, rss2, hwm2);
-  std::printf("  due retries after restart: %llu, lateness p50 %lld ms, p99 %lld ms, max %lld ms\n",
-              static_cast<unsigned long long>(m2.due_retries), static_cast<long long>(m2.due_lateness_p50_ms),
-              static_cast<long long>(m2.due_lateness_p99_ms), static_cast<long long>(m2.due_lateness_max_ms));
-  return second.status.ok() ? 0 : 1;
+  std::printf("  broker RSS empty %.0f MiB; with all deferred: %.0f MiB (peak %.0f MiB); broker holds %.0f active jobs\n",
+              rss0, rss1, hwm1, g(m1, "active_jobs"));
+  std::printf("  restart (exec, open store, load, rebuild timers, bind): %.2f s (in the broker: %.2f s); RSS after "
+              "restart %.0f MiB (peak %.0f); after the retries %.0f MiB (peak %.0f)\n",
+              restart_s, g(m2, "start_s"), rss2, hwm2, rss3, hwm3);
+  std::printf("  due retries after restart: %.0f in %.1f s; lateness p50 %.0f ms, p99 %.0f ms, max %.0f ms "
+              "(due -> queued); due -> dispatched (%.0f): p50 %.0f ms, p99 %.0f ms, max %.0f ms\n",
+              g(m2, "due_retries"), retries_s, g(m2, "queued_p50"), g(m2, "queued_p99"), g(m2, "queued_max"),
+              g(m2, "dispatched"), g(m2, "dispatched_p50"), g(m2, "dispatched_p99"), g(m2, "dispatched_max"));
+  std::printf("  broker CPU: fill %.1f s loop + %.1f s commits; retries %.1f s loop + %.1f s commits\n",
+              g(m1, "loop_cpu_s"), g(m1, "commit_cpu_s"), g(m2, "loop_cpu_s"), g(m2, "commit_cpu_s"));
+  std::printf("  machine load average (1 min): %.2f at the start, %.2f at the end\n", load_before, load[0]);
+  return g(m1, "ok") == 1 && g(m2, "ok") == 1 ? 0 : 1;
 }
 
 double Percentile(std::vector<double>& v, double p) {
@@ -399,9 +572,17 @@ int main(int argc, char** argv) {
     else if (a == "--deferred-scale") o.deferred_scale = true;
     else if (a == "--inline-commits") o.inline_commits = true;
     else if (a == "--defer-base-s") o.defer_base_ms = std::stoull(next()) * 1000;
+    else if (a == "--defer-base-ms") o.defer_base_ms = std::stoull(next());
+    else if (a == "--dps") o.dps = std::max(1, std::stoi(next()));
+    else if (a == "--broker-child") o.broker_child = true;
+    else if (a == "--endpoints-file") o.endpoints_file = next();
+    else if (a == "--metrics-file") o.metrics_file = next();
+    else if (a == "--frontend") o.frontend = next();
+    else if (a == "--backend") o.backend = next();
+    else if (a == "--events") o.events = next();
     else {
       std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
-                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--deferred-scale [--defer-base-s S]]\n",
+                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--deferred-scale [--defer-base-s S] [--dps D]]\n",
                    argv[0]);
       return 2;
     }
@@ -422,9 +603,10 @@ int main(int argc, char** argv) {
   s.events = "tcp://127.0.0.1:*";
   s.store_path = o.dir + "/broker.db";
   s.store.sync = o.sync_full ? broker::SyncMode::kFull : broker::SyncMode::kNormal;
-  s.core.dps = {"bench"};
+  s.core.dps = AllDps(o);
+  if (o.broker_child) return BrokerChild(o, s);
   if (o.deferred_scale) {
-    const int rc = DeferredScale(o, s);
+    const int rc = DeferredScale(o);
     if (own_dir) {
       std::error_code ec;
       std::filesystem::remove_all(o.dir, ec);

@@ -93,11 +93,17 @@ class Broker::Impl {
   }
 
   Status Start(BoundEndpoints& out) {
-    auto loaded = store_->Load();
-    if (!loaded.ok()) return loaded.take_error();
-    const std::size_t active = loaded->active_jobs.size();
+    // Active jobs stream from the store straight into the Core (a million deferred jobs are
+    // never materialised as full records).
     core_ = std::make_unique<Core>(s_.core, &reads());
-    core_->Recover(std::move(loaded.value()), NowMs());
+    const std::int64_t load_now = NowMs();
+    std::size_t active = 0;
+    auto loaded = store_->Load([&](JobRecord&& r) {
+      ++active;
+      core_->RecoverJob(std::move(r), load_now);
+    });
+    if (!loaded.ok()) return loaded.take_error();
+    core_->Recover(std::move(loaded.value()), load_now);
     // Config DPs are known without being persisted; the Core queued nothing to commit, but a
     // defensive commit keeps memory and store aligned if it ever does.
     if (Status st = store_->Commit(core_->TakeBatch()); !st.ok()) return st;
@@ -177,6 +183,11 @@ class Broker::Impl {
       m.due_lateness_p50_ms = h.Quantile(0.50);
       m.due_lateness_p99_ms = h.Quantile(0.99);
       m.due_lateness_max_ms = h.Quantile(1.0);
+      const auto& d = core_->DueDispatchLateness();
+      m.due_dispatched = d.count;
+      m.due_dispatch_p50_ms = d.Quantile(0.50);
+      m.due_dispatch_p99_ms = d.Quantile(0.99);
+      m.due_dispatch_max_ms = d.Quantile(1.0);
     }
     return m;
   }
@@ -215,8 +226,15 @@ class Broker::Impl {
       }
       now = NowMs();
       std::size_t handled = 0;
+      std::size_t reads_since_check = 0;
       bool more = true;
       while (more && handled < s_.max_round_messages) {
+        // A due retry is late from its due time on: end a long read phase early so Tick makes it
+        // dispatchable now rather than after up to max_round_messages more messages.
+        if (++reads_since_check == 64) {
+          reads_since_check = 0;
+          if (auto due = core_->NextDue(); due && *due <= NowMs()) break;
+        }
         more = false;
         if (ReadOne(frontend_, true, now)) {
           more = true;
@@ -438,6 +456,11 @@ class Broker::Impl {
     out->batch = core_->TakeBatch();
     out->outbox = core_->TakeWorkerOutbox();
     out->progress = core_->TakeEvents();
+    // Stats answer from the Core's counters as of this batch: exactly what this commit makes
+    // durable (the Core may be rounds ahead by the time the answer goes out).
+    for (auto& q : out->queries) {
+      if (std::holds_alternative<msg::StatsRequest>(q.body)) q.body = CoreStats(*core_);
+    }
     if (out->batch.empty()) {
       Deliver(*out);
       return Status::Ok();

@@ -1,6 +1,7 @@
 #include "despool/broker/core.h"
 
 #include <algorithm>
+#include <charconv>
 #include <limits>
 
 #include "despool/broker/backoff.h"
@@ -11,6 +12,11 @@ namespace despool::broker {
 namespace {
 
 using msg::JobState;
+
+// Due retries moved to queued per Tick: a burst (a restart after a long stop finds every
+// deferred job past due) must not stall the loop — each one is a store read — so the rest wait
+// for the next round, which follows at once (NextDeadline is then in the past).
+constexpr std::size_t kMaxDuePerTick = 2048;
 
 std::string Join(const std::vector<std::string>& v) {
   std::string s;
@@ -47,35 +53,43 @@ void Core::Recover(LoadedState st, std::int64_t now_ms) {
   for (const auto& dp : st.dps) {
     if (known_dp_set_.insert(dp).second) known_dps_.push_back(dp);
   }
-  for (auto& job : st.active_jobs) {
-    next_job_seq_ = std::max(next_job_seq_, job.seq + 1);
-    const std::string id = job.info.id;
-    const LaneKey key = KeyOf(job);
-    auto [it, inserted] = active_.emplace(id, std::move(job));
-    if (!inserted) continue;
-    JobRecord& r = it->second;
-    switch (r.info.state) {
-      case JobState::kQueued:
-        lanes_[key].pending.insert(id);
-        ready_order_[id] = ++ready_counter_;
-        ready_[r.info.dp].insert({ready_counter_, id});
-        break;
-      case JobState::kDeferred:
-        lanes_[key].pending.insert(id);
-        if (!r.info.next_attempt_at_ms) r.info.next_attempt_at_ms = now_ms;
-        due_.push({*r.info.next_attempt_at_ms, id});
-        Park(it);
-        break;
-      case JobState::kRunning:
-        // Its worker may still finish it and resend the result; give it time to reconnect.
-        lanes_[key].running = id;
-        orphans_[id] = now_ms + opts_.orphan_grace_ms;
-        break;
-      default:
-        break;
-    }
-  }
+  for (auto& job : st.active_jobs) RecoverJob(std::move(job), now_ms);
+  // The store counted every job, terminal ones included (RecoverJob's counts were partial).
+  counts_ = st.jobs_by_state;
   dispatch_dirty_ = true;
+}
+
+void Core::RecoverJob(JobRecord job, std::int64_t now_ms) {
+  next_job_seq_ = std::max(next_job_seq_, job.seq + 1);
+  const std::string id = job.info.id;
+  const JobState state = job.info.state;
+  if (active_.count(id) != 0 || parked_.count(job.seq) != 0) return;
+  job.counted_state = state;
+  switch (state) {
+    case JobState::kQueued:
+      LaneFor(job).AddPending(job.seq);
+      ready_order_[id] = ++ready_counter_;
+      ready_[job.info.dp].insert({ready_counter_, id});
+      break;
+    case JobState::kDeferred: {
+      // Parked straight away: only what the timers, hints and superseding need stays here.
+      LaneFor(job).AddPending(job.seq);
+      if (!job.info.next_attempt_at_ms) job.info.next_attempt_at_ms = now_ms;
+      due_.push({*job.info.next_attempt_at_ms, job.seq});
+      parked_.emplace(job.seq, ParkedOf(job));
+      CountDelta(job.info.dp, state, +1);
+      return;
+    }
+    case JobState::kRunning:
+      // Its worker may still finish it and resend the result; give it time to reconnect.
+      LaneFor(job).running = job.seq;
+      orphans_[id] = now_ms + opts_.orphan_grace_ms;
+      break;
+    default:
+      return;
+  }
+  CountDelta(job.info.dp, state, +1);
+  active_.emplace(id, std::move(job));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -102,6 +116,7 @@ std::string Core::NewJobId() {
 
 void Core::Emit(JobRecord& r, std::int64_t now_ms) {
   r.info.updated_at_ms = now_ms;
+  CountState(r);
   batch_.jobs[r.info.id] = r;
   msg::Event e;
   e.kind = msg::EventKind::kState;
@@ -132,7 +147,7 @@ void Core::Enqueue(JobRecord& r, std::int64_t now_ms) {
   Unready(r.info.id);
   ready_order_[r.info.id] = ++ready_counter_;
   ready_[r.info.dp].insert({ready_counter_, r.info.id});
-  lanes_[KeyOf(r)].pending.insert(r.info.id);
+  LaneFor(r).AddPending(r.seq);
   dispatch_dirty_ = true;
   Emit(r, now_ms);
 }
@@ -142,8 +157,8 @@ void Core::Defer(JobRecord& r, std::int64_t due_ms, std::int64_t now_ms) {
   r.info.next_attempt_at_ms = due_ms;
   r.info.worker.reset();
   Unready(r.info.id);
-  lanes_[KeyOf(r)].pending.insert(r.info.id);
-  due_.push({due_ms, r.info.id});
+  LaneFor(r).AddPending(r.seq);
+  due_.push({due_ms, r.seq});
   Emit(r, now_ms);
   Park(active_.find(r.info.id));  // r is gone from here on
 }
@@ -151,19 +166,26 @@ void Core::Defer(JobRecord& r, std::int64_t due_ms, std::int64_t now_ms) {
 // A deferred job may wait for hours and there may be a million of them: memory keeps only what
 // the timers and hints need; the full record is in the batch/store and reloaded when it moves.
 void Core::Park(std::unordered_map<std::string, JobRecord>::iterator it) {
-  const JobRecord& r = it->second;
+  parked_.emplace(it->second.seq, ParkedOf(it->second));
+  active_.erase(it);
+}
+
+Core::Parked Core::ParkedOf(const JobRecord& r) {
   Parked p;
   p.due_ms = r.info.next_attempt_at_ms.value_or(0);
+  p.version = r.info.version;
   p.attempt_token = r.attempt_token;
   p.attempts = r.info.attempts;
   p.released_step = r.released_step;
-  parked_.emplace(it->first, p);
-  active_.erase(it);
+  p.kind = r.info.kind;
+  return p;
 }
 
 JobRecord* Core::Active(const std::string& id) {
   if (auto it = active_.find(id); it != active_.end()) return &it->second;
-  auto p = parked_.find(id);
+  const auto seq = SeqOf(id);
+  if (!seq) return nullptr;
+  auto p = parked_.find(*seq);
   if (p == parked_.end()) return nullptr;
   auto full = LookupInactive(id);
   if (!full) {
@@ -177,10 +199,109 @@ JobRecord* Core::Active(const std::string& id) {
   return &active_.emplace(id, std::move(*full)).first->second;
 }
 
+std::optional<std::pair<msg::JobKind, std::uint64_t>> Core::PendingVersion(JobSeq seq) const {
+  if (auto p = parked_.find(seq); p != parked_.end()) return std::pair{p->second.kind, p->second.version};
+  if (auto a = active_.find(IdOf(seq)); a != active_.end()) return std::pair{a->second.info.kind, a->second.info.version};
+  return std::nullopt;
+}
+
+std::optional<Core::JobSeq> Core::SeqOf(const std::string& id) const {
+  const std::size_t n = store_id_.size();
+  if (id.size() <= n + 1 || id.compare(0, n, store_id_) != 0 || id[n] != '-' || id[n + 1] == '0') {
+    return std::nullopt;
+  }
+  JobSeq seq = 0;
+  const char* end = id.data() + id.size();
+  auto [p, ec] = std::from_chars(id.data() + n + 1, end, seq);
+  if (ec != std::errc() || p != end || seq == 0) return std::nullopt;
+  return seq;
+}
+
+std::vector<Core::JobSeq> Core::Lane::Pending() const {
+  std::vector<JobSeq> out;
+  if (first_pending != 0) out.push_back(first_pending);
+  out.insert(out.end(), more_pending.begin(), more_pending.end());
+  return out;
+}
+
+void Core::Lane::AddPending(JobSeq seq) {
+  if (first_pending == 0) {
+    first_pending = seq;  // more_pending is empty whenever first_pending is
+    return;
+  }
+  if (first_pending == seq || std::find(more_pending.begin(), more_pending.end(), seq) != more_pending.end()) return;
+  more_pending.push_back(seq);
+}
+
+void Core::Lane::ErasePending(JobSeq seq) {
+  if (first_pending == seq) {
+    first_pending = 0;
+    if (!more_pending.empty()) {
+      first_pending = more_pending.back();
+      more_pending.pop_back();
+    }
+  } else {
+    auto it = std::find(more_pending.begin(), more_pending.end(), seq);
+    if (it != more_pending.end()) more_pending.erase(it);
+  }
+  if (more_pending.empty()) std::vector<JobSeq>().swap(more_pending);
+}
+
+Core::Lane* Core::FindLane(const JobRecord& r) {
+  const auto dp = names_.Find(r.info.dp);
+  const auto package = names_.Find(r.info.package);
+  if (!dp || !package) return nullptr;
+  auto it = lanes_.find(LaneKey{*dp} << 32 | *package);
+  return it == lanes_.end() ? nullptr : &it->second;
+}
+
+Core::Lane& Core::LaneFor(const JobRecord& r) {
+  if (Lane* lane = FindLane(r)) return *lane;
+  const LaneKey key = LaneKey{names_.Acquire(r.info.dp)} << 32 | names_.Acquire(r.info.package);
+  return lanes_[key];
+}
+
+void Core::DropLaneIfIdle(const JobRecord& r) {
+  const auto dp = names_.Find(r.info.dp);
+  const auto package = names_.Find(r.info.package);
+  if (!dp || !package) return;
+  auto it = lanes_.find(LaneKey{*dp} << 32 | *package);
+  if (it == lanes_.end() || it->second.running != 0 || it->second.HasPending()) return;
+  lanes_.erase(it);
+  names_.Release(*dp);
+  names_.Release(*package);
+}
+
+void Core::CountState(JobRecord& r) {
+  if (r.counted_state == r.info.state) return;
+  if (r.counted_state) CountDelta(r.info.dp, *r.counted_state, -1);
+  CountDelta(r.info.dp, r.info.state, +1);
+  r.counted_state = r.info.state;
+}
+
+void Core::CountDelta(const std::string& dp, JobState state, int delta) {
+  const auto i = static_cast<std::size_t>(state);
+  if (i >= counts_.size()) return;
+  auto add = [delta](std::uint64_t& c) { c = delta < 0 ? (c > 0 ? c - 1 : 0) : c + 1; };
+  add(counts_[i]);
+  if (i >= 3) return;  // queued, running, deferred are also counted per DP
+  auto it = active_by_dp_.find(dp);
+  if (it == active_by_dp_.end()) {
+    if (delta < 0) return;
+    it = active_by_dp_.emplace(dp, std::array<std::uint64_t, 3>{}).first;
+  }
+  add(it->second[i]);
+  if (it->second == std::array<std::uint64_t, 3>{}) active_by_dp_.erase(it);
+}
+
+std::array<std::uint64_t, 3> Core::ActiveCounts(const std::string& dp) const {
+  auto it = active_by_dp_.find(dp);
+  return it == active_by_dp_.end() ? std::array<std::uint64_t, 3>{} : it->second;
+}
+
 void Core::ReleaseRunning(JobRecord& r) {
   const std::string& id = r.info.id;
-  auto lane = lanes_.find(KeyOf(r));
-  if (lane != lanes_.end() && lane->second.running == id) lane->second.running.clear();
+  if (Lane* lane = FindLane(r); lane != nullptr && lane->running == r.seq) lane->running = 0;
   auto p = running_peer_.find(id);
   if (p != running_peer_.end()) {
     auto w = workers_.find(p->second);
@@ -198,12 +319,8 @@ void Core::Finish(const std::string& id, JobState state, std::int64_t now_ms) {
   JobRecord& r = it->second;
   if (r.info.state == JobState::kRunning) ReleaseRunning(r);
   Unready(id);
-  const LaneKey key = KeyOf(r);
-  auto lane = lanes_.find(key);
-  if (lane != lanes_.end()) {
-    lane->second.pending.erase(id);
-    if (lane->second.running.empty() && lane->second.pending.empty()) lanes_.erase(lane);
-  }
+  if (Lane* lane = FindLane(r)) lane->ErasePending(r.seq);
+  DropLaneIfIdle(r);
   r.info.state = state;
   r.info.next_attempt_at_ms.reset();
   r.cancel_reason = CancelReason::kNone;
@@ -233,8 +350,10 @@ std::optional<JobRecord> Core::LookupInactive(const std::string& id) {
   }
   if (store_ == nullptr) return std::nullopt;
   auto r = store_->GetJob(id);
-  if (!r.ok()) return std::nullopt;
-  return *r;
+  if (!r.ok() || !*r) return std::nullopt;
+  JobRecord& found = **r;
+  found.counted_state = found.info.state;  // as stored, it is counted in its stored state
+  return std::move(found);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,17 +361,21 @@ std::optional<JobRecord> Core::LookupInactive(const std::string& id) {
 
 void Core::Admit(JobRecord job, std::int64_t now_ms) {
   const std::string id = job.info.id;
-  const LaneKey key = KeyOf(job);
   if (job.info.kind == msg::JobKind::kRefresh) {
-    Lane& lane = lanes_[key];
+    const std::vector<JobSeq> pending = LaneFor(job).Pending();
+    JobSeq running = LaneFor(job).running;
     // Something newer already pending or running: this one is obsolete from the start.
+    // (Parked jobs answer from their compact form: nothing is reloaded to decide.)
     bool obsolete = false;
-    for (const auto& pid : lane.pending) {
-      const JobRecord* p = Active(pid);
-      if (p && p->info.kind == msg::JobKind::kRefresh && p->info.version > job.info.version) obsolete = true;
+    std::vector<JobSeq> replaced;
+    for (JobSeq seq : pending) {
+      const auto pv = PendingVersion(seq);
+      if (!pv || pv->first != msg::JobKind::kRefresh) continue;
+      if (pv->second > job.info.version) obsolete = true;
+      if (pv->second <= job.info.version) replaced.push_back(seq);
     }
-    if (!lane.running.empty()) {
-      const JobRecord& run = active_.at(lane.running);
+    if (running != 0) {
+      const JobRecord& run = active_.at(IdOf(running));
       if (run.info.kind == msg::JobKind::kRefresh && run.info.version > job.info.version &&
           run.cancel_reason != CancelReason::kOperator) {
         obsolete = true;
@@ -264,17 +387,9 @@ void Core::Admit(JobRecord job, std::int64_t now_ms) {
       Finish(id, JobState::kSuperseded, now_ms);
       return;
     }
-    std::vector<std::string> replaced;
-    for (const auto& pid : lane.pending) {
-      const JobRecord* p = Active(pid);
-      if (p && p->info.kind == msg::JobKind::kRefresh && p->info.version <= job.info.version) {
-        replaced.push_back(pid);
-      }
-    }
-    for (const auto& pid : replaced) Finish(pid, JobState::kSuperseded, now_ms);
-    Lane& lane2 = lanes_[key];  // Finish may have erased and re-created nothing; re-lookup
-    if (!lane2.running.empty()) {
-      JobRecord& run = active_.at(lane2.running);
+    for (JobSeq seq : replaced) Finish(IdOf(seq), JobState::kSuperseded, now_ms);
+    if (running != 0) {
+      JobRecord& run = active_.at(IdOf(running));
       if (run.info.kind == msg::JobKind::kRefresh && run.info.version < job.info.version &&
           run.cancel_reason == CancelReason::kNone) {
         run.cancel_reason = CancelReason::kSuperseded;
@@ -392,7 +507,7 @@ msg::Body Core::Verify(const msg::VerifyRequest& req, std::int64_t now_ms) {
 }
 
 msg::Body Core::Retry(const msg::RetryRequest& req, std::int64_t now_ms) {
-  if (parked_.count(req.job_id) != 0) {
+  if (auto seq = SeqOf(req.job_id); seq && parked_.count(*seq) != 0) {
     return Err(msg::ErrorKind::kConflict, "job " + req.job_id + " is deferred; only dead jobs can be retried");
   }
   if (auto it = active_.find(req.job_id); it != active_.end()) {
@@ -494,12 +609,13 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
   if (auto* hint = std::get_if<msg::ReleaseHint>(&body)) {
     // Accepted from any peer: a hint only shortens a wait the job already has, and at most
     // once per backoff step (released_step remembers the step already shortened).
-    if (auto p = parked_.find(hint->job_id); p != parked_.end()) {
+    const auto seq = SeqOf(hint->job_id);
+    if (auto p = seq ? parked_.find(*seq) : parked_.end(); p != parked_.end()) {
       Parked& pk = p->second;
       if (pk.attempt_token == hint->attempt && pk.released_step != pk.attempts) {
         pk.released_step = pk.attempts;
         pk.due_ms = now_ms;
-        due_.push({now_ms, hint->job_id});
+        due_.push({now_ms, *seq});
       }
       return;
     }
@@ -508,7 +624,7 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
         it->second.attempt_token == hint->attempt && it->second.released_step != it->second.info.attempts) {
       it->second.released_step = it->second.info.attempts;
       it->second.info.next_attempt_at_ms = now_ms;
-      due_.push({now_ms, hint->job_id});
+      due_.push({now_ms, it->second.seq});
     }
     return;
   }
@@ -699,19 +815,23 @@ void Core::LoseWorker(const std::string& peer, const std::string& why, std::int6
 
 void Core::Tick(std::int64_t now_ms) {
   last_now_ms_ = now_ms;
-  // Due retries.
-  while (!due_.empty() && due_.top().first <= now_ms) {
-    auto [due, id] = due_.top();
+  // Due retries (at most kMaxDuePerTick; the rest next round).
+  std::size_t moved = 0;
+  while (!due_.empty() && due_.top().first <= now_ms && moved < kMaxDuePerTick) {
+    const auto [due, seq] = due_.top();
     due_.pop();
-    if (auto p = parked_.find(id); p != parked_.end()) {
+    const std::string id = IdOf(seq);
+    if (auto p = parked_.find(seq); p != parked_.end()) {
       if (p->second.due_ms != due) continue;  // rescheduled (a hint)
       if (Active(id) == nullptr) continue;
     }
     auto it = active_.find(id);
     if (it == active_.end() || it->second.info.state != JobState::kDeferred) continue;
     if (it->second.info.next_attempt_at_ms.value_or(due) != due) continue;  // rescheduled
+    ++moved;
     lateness_.Add(now_ms - due);
     Enqueue(it->second, now_ms);
+    it->second.came_due_ms = due;
   }
   // Liveness.
   const std::int64_t expiry = opts_.heartbeat_interval_ms * static_cast<std::int64_t>(opts_.liveness);
@@ -782,8 +902,8 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
   for (auto it = queue.begin(); it != queue.end(); ++it) {
     const std::string id = it->second;
     JobRecord& r = active_.at(id);
-    Lane& lane = lanes_[KeyOf(r)];
-    if (!lane.running.empty()) continue;
+    Lane& lane = LaneFor(r);
+    if (lane.running != 0) continue;
     // Least loaded: fewest running, then most free credit.
     std::size_t best = 0;
     for (std::size_t i = 1; i < eligible.size(); ++i) {
@@ -799,8 +919,8 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
     const std::string peer = peers[best];
     queue.erase(it);
     ready_order_.erase(id);
-    lane.pending.erase(id);
-    lane.running = id;
+    lane.ErasePending(r.seq);
+    lane.running = r.seq;
     w.running.insert(id);
     running_peer_[id] = peer;
     r.attempt_token += 1;
@@ -810,6 +930,10 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
     r.info.state = JobState::kRunning;
     r.info.worker = w.name;
     r.info.next_attempt_at_ms.reset();
+    if (r.came_due_ms != 0) {
+      dispatch_lateness_.Add(now_ms - r.came_due_ms);
+      r.came_due_ms = 0;
+    }
     Emit(r, now_ms);
     msg::Dispatch d;
     d.job_id = id;
@@ -826,6 +950,11 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
     return true;
   }
   return false;
+}
+
+std::optional<std::int64_t> Core::NextDue() const {
+  if (due_.empty()) return std::nullopt;
+  return due_.top().first;
 }
 
 std::optional<std::int64_t> Core::NextDeadline() const {

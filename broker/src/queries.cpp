@@ -45,32 +45,11 @@ msg::Body Dead(const msg::DeadRequest& req, Store& store, const BrokerSettings& 
   return reply;
 }
 
-msg::Body Stats(Store& store, const Core& core) {
-  auto c = store.Counts();
-  if (!c.ok()) return StoreFailure(c.error());
-  msg::StatsReply reply;
-  for (int i = 0; i <= static_cast<int>(msg::JobState::kDead); ++i) {
-    const auto state = static_cast<msg::JobState>(i);
-    auto it = c->by_state.find(state);
-    reply.jobs_by_state.push_back({state, it == c->by_state.end() ? 0 : it->second});
-  }
-  for (const auto& dp : core.KnownDps()) {
-    msg::DpStats d;
-    d.dp = dp;
-    d.online = core.DpOnline(dp);
-    auto it = c->active_by_dp.find(dp);
-    if (it != c->active_by_dp.end()) {
-      d.queued = it->second[0];
-      d.running = it->second[1];
-      d.deferred = it->second[2];
-    }
-    reply.dps.push_back(std::move(d));
-  }
-  reply.workers = static_cast<std::uint32_t>(core.Workers().size());
-  reply.queue_depth = reply.jobs_by_state[static_cast<int>(msg::JobState::kQueued)].count;
-  reply.retry_backlog = reply.jobs_by_state[static_cast<int>(msg::JobState::kDeferred)].count;
-  reply.oldest_queued_at_ms = c->oldest_queued_at_ms;
-  reply.last_event_seq = core.LastEventSeq();
+// The oldest queued job is an index lookup in the store; the rest came from CoreStats.
+msg::Body CompleteStats(msg::StatsReply reply, Store& store) {
+  auto oldest = store.OldestQueuedAt();
+  if (!oldest.ok()) return StoreFailure(oldest.error());
+  reply.oldest_queued_at_ms = *oldest;
   return reply;
 }
 
@@ -87,11 +66,35 @@ msg::Body EventsSince(const msg::EventsSinceRequest& req, Store& store) {
 
 }  // namespace
 
+msg::StatsReply CoreStats(const Core& core) {
+  msg::StatsReply reply;
+  const auto& counts = core.JobCounts();
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    reply.jobs_by_state.push_back({static_cast<msg::JobState>(i), counts[i]});
+  }
+  for (const auto& dp : core.KnownDps()) {
+    msg::DpStats d;
+    d.dp = dp;
+    d.online = core.DpOnline(dp);
+    const auto active = core.ActiveCounts(dp);
+    d.queued = active[0];
+    d.running = active[1];
+    d.deferred = active[2];
+    reply.dps.push_back(std::move(d));
+  }
+  reply.workers = static_cast<std::uint32_t>(core.Workers().size());
+  reply.queue_depth = counts[static_cast<std::size_t>(msg::JobState::kQueued)];
+  reply.retry_backlog = counts[static_cast<std::size_t>(msg::JobState::kDeferred)];
+  reply.last_event_seq = core.LastEventSeq();
+  return reply;
+}
+
 msg::Body AnswerQuery(const msg::Body& request, Store& store, const Core& core, const BrokerSettings& settings) {
   if (auto* r = std::get_if<msg::StatusRequest>(&request)) return Status(*r, store, settings);
   if (auto* r = std::get_if<msg::DeadRequest>(&request)) return Dead(*r, store, settings);
   if (std::holds_alternative<msg::WorkersRequest>(request)) return msg::WorkersReply{core.Workers()};
-  if (std::holds_alternative<msg::StatsRequest>(request)) return Stats(store, core);
+  if (std::holds_alternative<msg::StatsRequest>(request)) return CompleteStats(CoreStats(core), store);
+  if (auto* r = std::get_if<msg::StatsReply>(&request)) return CompleteStats(*r, store);
   if (auto* r = std::get_if<msg::EventsSinceRequest>(&request)) return EventsSince(*r, store);
   return msg::ErrorReply{msg::ErrorKind::kInternal, "not a query"};
 }

@@ -155,7 +155,9 @@ bool ColNull(sqlite3_stmt* s, int i) { return sqlite3_column_type(s, i) == SQLIT
 std::int64_t ColInt(sqlite3_stmt* s, int i) { return sqlite3_column_int64(s, i); }
 
 // Reads a jobs row selected with kJobColumns. Throws json exceptions on corrupt blobs.
-JobRecord ReadJob(sqlite3_stmt* s) {
+// light: skip what the Core does not keep for a parked (deferred) job — last error, in-use
+// paths, holders, worker, report, stats — and their JSON parsing.
+JobRecord ReadJob(sqlite3_stmt* s, bool light = false) {
   JobRecord r;
   msg::JobInfo& j = r.info;
   j.id = ColText(s, 0);
@@ -175,10 +177,12 @@ JobRecord ReadJob(sqlite3_stmt* s) {
   r.repair = ColInt(s, 13) != 0;
   r.checksum = ColInt(s, 14) != 0;
   if (!ColNull(s, 15)) j.next_attempt_at_ms = ColInt(s, 15);
-  if (!ColNull(s, 16)) j.last_error = ColText(s, 16);
-  if (!ColNull(s, 17)) j.in_use = json::parse(ColText(s, 17)).get<std::vector<std::string>>();
-  if (!ColNull(s, 18)) j.holders = HoldersFromJson(json::parse(ColText(s, 18)));
-  if (!ColNull(s, 19)) j.worker = ColText(s, 19);
+  if (!light) {
+    if (!ColNull(s, 16)) j.last_error = ColText(s, 16);
+    if (!ColNull(s, 17)) j.in_use = json::parse(ColText(s, 17)).get<std::vector<std::string>>();
+    if (!ColNull(s, 18)) j.holders = HoldersFromJson(json::parse(ColText(s, 18)));
+    if (!ColNull(s, 19)) j.worker = ColText(s, 19);
+  }
   r.attempt_token = static_cast<std::uint64_t>(ColInt(s, 20));
   r.force_next = ColInt(s, 21) != 0;
   r.forced_running = ColInt(s, 22) != 0;
@@ -187,6 +191,7 @@ JobRecord ReadJob(sqlite3_stmt* s) {
   r.started_at_ms = ColInt(s, 25);
   j.created_at_ms = ColInt(s, 26);
   j.updated_at_ms = ColInt(s, 27);
+  if (light) return r;
   if (!ColNull(s, 28)) j.report = ReportFromJson(json::parse(ColText(s, 28)));
   if (!ColNull(s, 29)) j.stats = StatsFromJson(json::parse(ColText(s, 29)));
   return r;
@@ -296,6 +301,18 @@ class SqliteStore final : public Store {
   }
 
   Result<LoadedState> Load() override {
+    std::vector<JobRecord> jobs;
+    auto st = Load([&jobs](JobRecord&& r) { jobs.push_back(std::move(r)); }, /*light_deferred=*/false);
+    if (st.ok()) {
+      std::sort(jobs.begin(), jobs.end(), [](const JobRecord& a, const JobRecord& b) { return a.seq < b.seq; });
+      st->active_jobs = std::move(jobs);
+    }
+    return st;
+  }
+
+  Result<LoadedState> Load(const ActiveJobSink& sink) override { return Load(sink, /*light_deferred=*/true); }
+
+  Result<LoadedState> Load(const ActiveJobSink& sink, bool light_deferred) {
     LoadedState st;
     try {
       {
@@ -327,12 +344,27 @@ class SqliteStore final : public Store {
         last_event_ = st.last_event_seq;
       }
       {
+        // A covering-index count; the Core keeps the counts current afterwards.
+        Stmt q;
+        DESPOOL_RETURN_IF_ERROR(q.Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state"));
+        while (sqlite3_step(q.get()) == SQLITE_ROW) {
+          const auto state = static_cast<std::size_t>(ColInt(q.get(), 0));
+          if (state < st.jobs_by_state.size()) st.jobs_by_state[state] = static_cast<std::uint64_t>(ColInt(q.get(), 1));
+        }
+      }
+      {
+        // Queued and running jobs in creation order (the order queued jobs resume in); deferred
+        // ones in index order, streamed without a sort (their order does not matter: a heap).
         Stmt q;
         DESPOOL_RETURN_IF_ERROR(q.Prepare(
-            db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (0,1,2) ORDER BY seq"));
+            db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state IN (0,1) ORDER BY seq"));
         int rc;
-        while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) st.active_jobs.push_back(ReadJob(q.get()));
+        while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) sink(ReadJob(q.get()));
         if (rc != SQLITE_DONE) return SqlError(db_, "load jobs");
+        Stmt d;
+        DESPOOL_RETURN_IF_ERROR(d.Prepare(db_, std::string("SELECT ") + kJobColumns + " FROM jobs WHERE state=2"));
+        while ((rc = sqlite3_step(d.get())) == SQLITE_ROW) sink(ReadJob(d.get(), light_deferred));
+        if (rc != SQLITE_DONE) return SqlError(db_, "load deferred jobs");
       }
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kCorruption, std::string("store: ") + e.what());
@@ -516,6 +548,16 @@ class SqliteStore final : public Store {
       a[static_cast<std::size_t>(ColInt(d.get(), 1))] = static_cast<std::uint64_t>(ColInt(d.get(), 2));
     }
     return c;
+  }
+
+  Result<std::optional<std::int64_t>> OldestQueuedAt() override {
+    Stmt o;
+    DESPOOL_RETURN_IF_ERROR(o.Prepare(db_, "SELECT MIN(updated_at) FROM jobs WHERE state=0"));
+    std::optional<std::int64_t> at;
+    const int rc = sqlite3_step(o.get());
+    if (rc == SQLITE_ROW && !ColNull(o.get(), 0)) at = ColInt(o.get(), 0);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(db_, "oldest queued");
+    return at;
   }
 
   std::vector<std::string> Describe() override {

@@ -36,7 +36,8 @@ class CoreHarness {
   // A new Core over the same store, as after a broker restart.
   void Restart() {
     core_ = std::make_unique<Core>(options_, store_.get());
-    auto loaded = store_->Load();
+    // As the broker does: active jobs streamed into the Core (deferred ones light).
+    auto loaded = store_->Load([this](JobRecord&& r) { core_->RecoverJob(std::move(r), now); });
     ASSERT_TRUE(loaded.ok());
     core_->Recover(std::move(loaded.value()), now);
     Commit();

@@ -562,6 +562,121 @@ TEST(Core, RestartRebuildsQueuesTimersAndOrphans) {
   std::remove(path.c_str());
 }
 
+// The Core's per-state and per-DP counts (what stats answers from) against a scan of the store.
+void ExpectCountsMatchStore(CoreHarness& h, const std::string& when) {
+  auto c = h.store().Counts();
+  ASSERT_TRUE(c.ok());
+  for (std::size_t i = 0; i < kJobStateCount; ++i) {
+    const auto state = static_cast<JobState>(i);
+    auto it = c->by_state.find(state);
+    EXPECT_EQ(h.core().JobCounts()[i], it == c->by_state.end() ? 0u : it->second)
+        << when << ": state " << msg::ToString(state);
+  }
+  for (const std::string dp : {"dp1", "dp2"}) {
+    auto it = c->active_by_dp.find(dp);
+    const std::array<std::uint64_t, 3> want = it == c->active_by_dp.end() ? std::array<std::uint64_t, 3>{} : it->second;
+    EXPECT_EQ(h.core().ActiveCounts(dp), want) << when << ": dp " << dp;
+  }
+}
+
+TEST(Core, CountsFollowEveryStateChangeAndSurviveARestart) {
+  const std::string path = ::testing::TempDir() + "/core_counts_" + std::to_string(::getpid()) + ".db";
+  std::remove(path.c_str());
+  CoreHarness h(CoreHarness::DefaultOptions(), path);
+  ExpectCountsMatchStore(h, "empty");
+  h.Register("w1", {"dp1"}, 4);
+  msg::RetryPolicy once;
+  once.max_attempts = 1;
+  auto applied = h.Submit(h.Refresh("a", 1, {"dp1"}))[0];
+  auto deferred = h.Submit(h.Refresh("d", 1, {"dp1"}))[0];
+  auto dead = h.Submit(h.Refresh("x", 1, {"dp1"}, once))[0];
+  auto running = h.Submit(h.Refresh("r", 1, {"dp1"}))[0];
+  h.Submit(h.Refresh("q", 2, {"dp2"}));                   // stays queued: no worker serves dp2
+  auto old = h.Submit(h.Refresh("q", 1, {"dp2"}))[0];      // superseded at once
+  ExpectCountsMatchStore(h, "submitted");
+  h.Round();
+  ASSERT_EQ(h.TakeDispatches("w1").size(), 4u);
+  ExpectCountsMatchStore(h, "dispatched");
+  h.Result("w1", applied, 1, Outcome::kApplied);
+  h.Result("w1", deferred, 1, Outcome::kDeferred, {"f"});
+  h.Result("w1", dead, 1, Outcome::kDeferred, {"f"});
+  ExpectCountsMatchStore(h, "results");
+  EXPECT_EQ(h.Job(old).state, JobState::kSuperseded);
+  EXPECT_EQ(h.Job(dead).state, JobState::kDead);
+  ASSERT_TRUE(std::holds_alternative<msg::JobsReply>(h.core().Cancel(msg::CancelRequest{running}, h.now)));
+  h.Commit();
+  ExpectCountsMatchStore(h, "cancel sent");
+  h.Result("w1", running, 1, Outcome::kCancelled);
+  ExpectCountsMatchStore(h, "cancelled");
+
+  h.Restart();
+  ExpectCountsMatchStore(h, "restarted");
+  // A parked job loaded light at start is superseded (reloaded in full from the store), a dead
+  // one retried.
+  auto newer = h.Submit(h.Refresh("d", 2, {"dp1"}))[0];
+  EXPECT_EQ(h.Job(deferred).state, JobState::kSuperseded);
+  EXPECT_EQ(h.Job(deferred).in_use, std::vector<std::string>{"f"});  // the full row was kept
+  auto retried = h.core().Retry(msg::RetryRequest{dead}, h.now);
+  ASSERT_TRUE(std::holds_alternative<msg::JobsReply>(retried));
+  h.Commit();
+  EXPECT_EQ(h.Job(dead).state, JobState::kQueued);
+  ExpectCountsMatchStore(h, "after restart");
+  h.Register("w2", {"dp1"}, 4);
+  h.Round();
+  ExpectCountsMatchStore(h, "dispatched again");
+  EXPECT_EQ(h.Job(newer).state, JobState::kRunning);
+  std::remove(path.c_str());
+}
+
+TEST(Core, ADueJobParkedAtStartComesBackInFull) {
+  const std::string path = ::testing::TempDir() + "/core_parked_" + std::to_string(::getpid()) + ".db";
+  std::remove(path.c_str());
+  CoreHarness h(CoreHarness::DefaultOptions(), path);
+  h.Register("w1", {"dp1"}, 1);
+  auto id = h.Submit(h.Refresh("pkg", 7, {"dp1"}))[0];
+  h.Round();
+  ASSERT_EQ(h.TakeDispatches("w1").size(), 1u);
+  h.Result("w1", id, 1, Outcome::kDeferred, {"bin/a", "bin/b"});
+  const auto due = *h.Job(id).next_attempt_at_ms;
+  h.Restart();
+  h.now = due;
+  h.Register("w2", {"dp1"}, 1);
+  h.Round();
+  auto d = h.TakeDispatches("w2");
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].job_id, id);
+  EXPECT_EQ(d[0].attempt, 2u);
+  EXPECT_EQ(d[0].version, 7u);
+  EXPECT_EQ(d[0].source, "/src/pkg/7");
+  const auto job = h.Job(id);
+  EXPECT_EQ(job.state, JobState::kRunning);
+  EXPECT_EQ(job.attempts, 1u);
+  EXPECT_EQ(job.in_use, (std::vector<std::string>{"bin/a", "bin/b"}));  // not lost by the light load
+  EXPECT_EQ(h.core().DueLateness().count, 1u);
+  EXPECT_EQ(h.core().DueDispatchLateness().count, 1u);
+  std::remove(path.c_str());
+}
+
+TEST(StringInterner, SharesIdsCountsReferencesAndReusesFreedIds) {
+  StringInterner n;
+  const auto a = n.Acquire("dp-a");
+  EXPECT_EQ(n.Acquire("dp-a"), a);
+  const auto b = n.Acquire("a-package-name-longer-than-the-small-string-buffer");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(n.Name(b), "a-package-name-longer-than-the-small-string-buffer");
+  EXPECT_EQ(n.size(), 2u);
+  n.Release(a);
+  EXPECT_EQ(n.Find("dp-a"), a);  // one reference left
+  n.Release(a);
+  EXPECT_FALSE(n.Find("dp-a"));
+  EXPECT_EQ(n.size(), 1u);
+  const auto c = n.Acquire("pkg-c");
+  EXPECT_EQ(c, a);  // the freed id is reused
+  EXPECT_EQ(n.Name(c), "pkg-c");
+  EXPECT_EQ(n.Find("pkg-c"), c);
+  EXPECT_EQ(n.Find("a-package-name-longer-than-the-small-string-buffer"), b);
+}
+
 TEST(Core, OrphanedRunIsRequeuedAfterTheGrace) {
   const std::string path = ::testing::TempDir() + "/core_orphan_" + std::to_string(::getpid()) + ".db";
   std::remove(path.c_str());

@@ -47,9 +47,13 @@ struct LoopMetrics {
   bool commit_thread = false;        // commit_cpu_ns was spent on the commit thread
   std::uint64_t active_jobs = 0;     // queued + running + deferred held in memory
   std::uint64_t due_retries = 0;     // deferred jobs that came due
-  std::int64_t due_lateness_p50_ms = 0;
+  std::int64_t due_lateness_p50_ms = 0;   // due time -> queued (dispatchable)
   std::int64_t due_lateness_p99_ms = 0;
   std::int64_t due_lateness_max_ms = 0;
+  std::uint64_t due_dispatched = 0;  // of those, dispatched (to a worker with free credit)
+  std::int64_t due_dispatch_p50_ms = 0;   // due time -> dispatched (sent after its commit)
+  std::int64_t due_dispatch_p99_ms = 0;
+  std::int64_t due_dispatch_max_ms = 0;
 };
 
 class Broker {

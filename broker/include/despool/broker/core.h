@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "despool/broker/interner.h"
 #include "despool/broker/job_record.h"
 #include "despool/broker/store.h"
 #include "despool/messages/types.h"
@@ -60,7 +61,10 @@ class Core {
   Core(CoreOptions options, Store* store);
 
   // Rebuilds memory from the store: queues, lanes, due times; running jobs become orphans.
+  // The active jobs come in state.active_jobs, or one at a time through RecoverJob (streamed
+  // by Store::Load(sink)) before Recover is given the rest of the state.
   void Recover(LoadedState state, std::int64_t now_ms);
+  void RecoverJob(JobRecord job, std::int64_t now_ms);
 
   // Frontend mutations. Each returns the reply body (or an ErrorReply) to send after commit.
   msg::Body Submit(const msg::SubmitRequest& req, std::int64_t now_ms);
@@ -95,6 +99,11 @@ class Core {
   bool DpOnline(const std::string& dp) const;
   std::uint64_t LastEventSeq() const { return last_event_seq_; }
   std::size_t ActiveJobs() const { return active_.size() + parked_.size(); }
+  // Jobs per state (indexed by msg::JobState), terminal ones included: loaded once at start,
+  // then kept current on every state change (stats answers from these, not a table scan).
+  const std::array<std::uint64_t, kJobStateCount>& JobCounts() const { return counts_; }
+  // Queued, running and deferred jobs of one DP (zeros when it has none).
+  std::array<std::uint64_t, 3> ActiveCounts(const std::string& dp) const;
 
   // How late due retries became queued (ms after their due time), for benchmarks.
   struct LatenessHistogram {
@@ -115,7 +124,13 @@ class Core {
       return 0;
     }
   };
+  // Due time -> queued (dispatchable) for every due retry.
   const LatenessHistogram& DueLateness() const { return lateness_; }
+  // Due time -> dispatched to a worker (the dispatch leaves after its round's commit), for due
+  // retries that found a worker with free credit; waiting for credit counts here, not above.
+  const LatenessHistogram& DueDispatchLateness() const { return dispatch_lateness_; }
+  // The earliest due time of a deferred job (may be stale: a rescheduled entry).
+  std::optional<std::int64_t> NextDue() const;
   const JobRecord* FindActive(const std::string& id) const;
 
  private:
@@ -129,14 +144,29 @@ class Core {
     std::int64_t last_sent_ms = 0;
     bool draining = false;                // said so in a heartbeat: dispatch nothing more
   };
-  // Jobs of one (DP, package): at most one running; pending = queued or deferred.
+  // Compact structures are keyed by the job's seq: its id is always "<store id>-<seq>".
+  using JobSeq = std::uint64_t;
+  // Jobs of one (DP, package): at most one running; pending = queued or deferred. Nearly every
+  // lane holds a single pending job (a newer version supersedes older ones), kept inline.
   struct Lane {
-    std::string running;                 // job id, empty when free
-    std::set<std::string> pending;
+    JobSeq running = 0;                  // 0 when free
+    JobSeq first_pending = 0;            // 0 when none
+    std::vector<JobSeq> more_pending;
+    bool HasPending() const { return first_pending != 0; }
+    std::vector<JobSeq> Pending() const;
+    void AddPending(JobSeq seq);
+    void ErasePending(JobSeq seq);
   };
-  using LaneKey = std::pair<std::string, std::string>;   // (dp, package; "" = verify all)
+  // (interned dp << 32) | interned package ("" = verify all); the lane holds one reference to
+  // each name.
+  using LaneKey = std::uint64_t;
 
-  static LaneKey KeyOf(const JobRecord& r) { return {r.info.dp, r.info.package}; }
+  Lane* FindLane(const JobRecord& r);
+  Lane& LaneFor(const JobRecord& r);       // creates it
+  void DropLaneIfIdle(const JobRecord& r);
+  std::string IdOf(JobSeq seq) const { return store_id_ + "-" + std::to_string(seq); }
+  // The seq of one of our job ids; nullopt for anything else (unknown ids go to the store).
+  std::optional<JobSeq> SeqOf(const std::string& id) const;
 
   bool IsKnownDp(const std::string& dp) const;
   void NoteDp(const std::string& dp);
@@ -153,12 +183,20 @@ class Core {
   // or the store) when it has to move.
   struct Parked {
     std::int64_t due_ms = 0;
+    std::uint64_t version = 0;           // superseding is decided without reloading the job
     std::uint64_t attempt_token = 0;
     std::uint32_t attempts = 0;
     std::uint32_t released_step = 0;
+    msg::JobKind kind = msg::JobKind::kRefresh;
   };
   void Park(std::unordered_map<std::string, JobRecord>::iterator it);
+  static Parked ParkedOf(const JobRecord& r);
   JobRecord* Active(const std::string& id);
+  // Kind and version of a pending job, parked or not.
+  std::optional<std::pair<msg::JobKind, std::uint64_t>> PendingVersion(JobSeq seq) const;
+  // Per-state counters: moves r from the state it was counted in to its current one.
+  void CountState(JobRecord& r);
+  void CountDelta(const std::string& dp, msg::JobState state, int delta);
   void Finish(const std::string& id, msg::JobState state, std::int64_t now_ms);
   void Unready(const std::string& id);
   void ReleaseRunning(JobRecord& r);                                // from lane and worker
@@ -188,23 +226,28 @@ class Core {
   std::set<std::string> known_dp_set_;
 
   std::unordered_map<std::string, JobRecord> active_;  // queued, running, (unparked) deferred
-  std::unordered_map<std::string, Parked> parked_;     // deferred
-  std::map<LaneKey, Lane> lanes_;
+  std::unordered_map<JobSeq, Parked> parked_;          // deferred
+  StringInterner names_;                               // lane keys' DPs and packages
+  std::unordered_map<LaneKey, Lane> lanes_;
+  std::array<std::uint64_t, kJobStateCount> counts_{};
+  std::unordered_map<std::string, std::array<std::uint64_t, 3>> active_by_dp_;
   // dp -> queued jobs in the order they became queued.
   std::map<std::string, std::set<std::pair<std::uint64_t, std::string>>> ready_;
   std::unordered_map<std::string, std::uint64_t> ready_order_;
   std::uint64_t ready_counter_ = 0;
   std::string dispatch_cursor_;  // the DP served last (Dispatch's round-robin)
   bool dispatch_dirty_ = true;
-  // Due retries: (due, job id); entries that no longer match the job are skipped when popped.
-  std::priority_queue<std::pair<std::int64_t, std::string>,
-                      std::vector<std::pair<std::int64_t, std::string>>, std::greater<>>
+  // Due retries: a min-heap of (due, seq), 16 bytes a job; entries that no longer match the
+  // job (a hint rescheduled it, it moved on) are skipped when popped.
+  std::priority_queue<std::pair<std::int64_t, JobSeq>, std::vector<std::pair<std::int64_t, JobSeq>>,
+                      std::greater<>>
       due_;
   std::unordered_map<std::string, std::string> running_peer_;  // job id -> worker peer
   std::map<std::string, std::int64_t> orphans_;                // running job id -> requeue at
   std::map<std::string, Worker> workers_;                      // by peer
 
   LatenessHistogram lateness_;
+  LatenessHistogram dispatch_lateness_;
   const WriteBatch* in_flight_ = nullptr;
   WriteBatch batch_;
   std::vector<ToWorker> outbox_;

@@ -34,6 +34,12 @@ struct JobRecord {
   CancelReason cancel_reason = CancelReason::kNone;
   std::uint32_t released_step = 0;     // the deferral step a release hint already shortened
   std::int64_t started_at_ms = 0;      // of the current run (running jobs)
+
+  // In memory only (never stored): the state the Core's per-state counters hold this job in
+  // (none for a job not yet counted), and when a due retry made it queued (for the lateness
+  // histogram of due -> dispatched; 0 otherwise).
+  std::optional<msg::JobState> counted_state;
+  std::int64_t came_due_ms = 0;
 };
 
 // One finished (or abandoned) run of a job, kept for inspection.

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -37,14 +38,22 @@ struct WriteBatch {
   }
 };
 
+constexpr std::size_t kJobStateCount = static_cast<std::size_t>(msg::JobState::kDead) + 1;
+
 // What the broker needs at start to rebuild its in-memory state.
 struct LoadedState {
   std::string store_id;                        // random, fixed at creation; prefixes job ids
   std::uint64_t next_job_seq = 1;
   std::uint64_t last_event_seq = 0;
   std::vector<std::string> dps;                // DPs seen (workers), in first-seen order
-  std::vector<JobRecord> active_jobs;          // queued, running, deferred
+  std::vector<JobRecord> active_jobs;          // queued, running, deferred (Load() only)
+  // Jobs per state (indexed by msg::JobState), terminal ones included; the Core keeps these
+  // counts current from here on, so `stats` never scans the jobs table.
+  std::array<std::uint64_t, kJobStateCount> jobs_by_state{};
 };
+
+// Receives the active jobs one row at a time while the store loads.
+using ActiveJobSink = std::function<void(JobRecord&&)>;
 
 struct JobFilter {
   std::optional<std::string> package;
@@ -70,7 +79,13 @@ class Store {
  public:
   virtual ~Store() = default;
 
+  // Everything, active jobs materialised in full in LoadedState::active_jobs (tests, tools).
   virtual Result<LoadedState> Load() = 0;
+  // The same, streaming the active jobs to `sink` instead (active_jobs stays empty), so a
+  // million deferred jobs are never held twice. Deferred jobs come light: without in_use,
+  // holders, last_error, report and stats, which the Core does not keep for parked jobs (it
+  // reads the full row with GetJob when the job moves). Queued and running jobs come in full.
+  virtual Result<LoadedState> Load(const ActiveJobSink& sink) = 0;
   virtual Status Commit(const WriteBatch& batch) = 0;
 
   virtual Result<std::optional<JobRecord>> GetJob(const std::string& id) = 0;
@@ -81,6 +96,8 @@ class Store {
                                          const std::optional<std::string>& dp,
                                          const std::optional<std::string>& package) = 0;
   virtual Result<StoreCounts> Counts() = 0;
+  // When the oldest queued job became queued (an index lookup, not a scan).
+  virtual Result<std::optional<std::int64_t>> OldestQueuedAt() = 0;
   // "name = value" lines describing the durability settings in force (for logs and benchmarks).
   virtual std::vector<std::string> Describe() = 0;
   // "name = value" lines about the write path's work so far (WAL size, checkpoints), for logs and
