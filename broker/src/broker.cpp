@@ -250,7 +250,8 @@ class Broker::Impl {
       m_.messages += handled;
       m_.max_round_messages = std::max<std::uint64_t>(m_.max_round_messages, handled);
       ++m_.rounds;
-      core_->Tick(now);
+      // A fresh clock: the read phase took time, and due retries are measured against it.
+      core_->Tick(NowMs());
       m_.tick_ns += Ns(std::chrono::steady_clock::now() - t2);
       // While a commit is in flight the round's changes keep accumulating in the Core's batch;
       // they go into the next transaction as soon as the current one is durable.

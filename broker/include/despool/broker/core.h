@@ -109,12 +109,16 @@ class Core {
   struct LatenessHistogram {
     std::array<std::uint64_t, 1001> ms{};   // [0..1000] ms; the last bucket holds >= 1000
     std::uint64_t count = 0;
+    std::int64_t max_ms = 0;                 // exact
     void Add(std::int64_t late_ms) {
       ++count;
       ++ms[static_cast<std::size_t>(std::clamp<std::int64_t>(late_ms, 0, 1000))];
+      max_ms = std::max(max_ms, late_ms);
     }
-    // The smallest lateness (ms) that `q` (0..1) of the samples do not exceed.
+    // The smallest lateness (ms) that `q` (0..1) of the samples do not exceed; 1000 stands for
+    // "1000 or more", except for q = 1 (the exact maximum).
     std::int64_t Quantile(double q) const {
+      if (q >= 1.0) return max_ms;
       std::uint64_t seen = 0;
       const auto want = static_cast<std::uint64_t>(q * static_cast<double>(count));
       for (std::size_t i = 0; i < ms.size(); ++i) {
