@@ -33,7 +33,7 @@ class CrashTest : public ::testing::Test {
     c.os = os;
     c.probe = std::make_shared<FakeProbe>();
     c.checkpoint = std::move(checkpoint);
-    c.threads = 1;  // the n-th OS call must be the same call in every run
+    c.threads = engine_threads;
     return std::make_unique<Engine>(c);
   }
 
@@ -84,6 +84,10 @@ class CrashTest : public ::testing::Test {
   TempDir tmp;
   CancelToken cancel;
   FaultInjectingOs nosync;
+  // 1: the n-th OS call is the same call in every run. With more, helper threads interleave
+  // their (read-only, or copy) calls differently from run to run, so "crash at call n" hits
+  // whatever call comes n-th: still a crash at some point of the refresh, with helpers running.
+  int engine_threads = 1;
   CrashTest() { nosync.set_sync_noop(true); }
 };
 
@@ -193,6 +197,12 @@ TEST_F(CrashTest, CrashBeforeEveryOsCallOfARefreshStagedFromTheSpareTree) {
 }
 TEST_F(CrashTest, CrashBeforeEveryOsCallOfAFirstInstall) {
   CrashEverywhere(this, true, FaultRule::Action::kCrashBefore);
+}
+// The same with the helper threads of a refresh running (live walk beside the scan, copies
+// beside the walk, re-check beside the syncfs): a crash on any thread stops them all.
+TEST_F(CrashTest, CrashBeforeEveryOsCallWithHelperThreads) {
+  engine_threads = 2;
+  CrashEverywhere(this, false, FaultRule::Action::kCrashBefore, /*with_spare=*/true);
 }
 
 // A crash during recovery itself (after a crash right after the swap) is recovered too.

@@ -11,7 +11,11 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <condition_variable>
 #include <csignal>
+#include <deque>
+#include <exception>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -126,10 +130,13 @@ struct Engine::Impl {
   std::shared_ptr<InUseProbe> probe;
   std::mutex probe_mu;  // probes need not be thread-safe
   std::function<void(const char*)> checkpoint;
+  std::mutex checkpoint_mu;  // "copying" may be passed on a copy helper thread
   int threads = 2;
 
   void Checkpoint(const char* point) {
-    if (checkpoint) checkpoint(point);
+    if (!checkpoint) return;
+    std::lock_guard lock(checkpoint_mu);
+    checkpoint(point);
   }
 
   // Runs `side` and `main_fn`; returns side's status (main_fn reports through its captures).
@@ -483,9 +490,11 @@ struct Engine::Impl {
     return !job.cancel->WaitFor(wait);
   }
 
-  // Copies one regular file into the staged dir; returns its content hash and inode.
-  Status CopyFile(Job& job, int src_dir, int dst_dir, const SrcEntry& e, std::uint64_t* hash,
-                  ino_t* ino, bool* cancelled) {
+  // Copies one regular file into the staged dir; returns its content hash and inode. `buf` is
+  // the calling thread's; progress goes to `job` only on the refreshing thread (on_main), the
+  // caller counts the copy in job.stats.
+  Status CopyFile(Job& job, int src_dir, int dst_dir, const SrcEntry& e, IoBuffer& buf,
+                  bool on_main, std::uint64_t* hash, ino_t* ino, bool* cancelled) {
     int raw = os.OpenAt(src_dir, e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
     if (raw < 0) {
       if (errno == ELOOP || errno == ENOENT) return SourceChanged(e.path);
@@ -501,7 +510,6 @@ struct Engine::Impl {
     const auto size = static_cast<std::uint64_t>(before.st_size);
     std::uint64_t done = 0;
     bool use_cfr = true;
-    IoBuffer& buf = job.buf;
     bool first_chunk = true;
     while (done < size) {
       size_t chunk = static_cast<size_t>(std::min<std::uint64_t>(kCopyChunk, size - done));
@@ -538,14 +546,16 @@ struct Engine::Impl {
       }
       if (n == 0) return SourceChanged(e.path);  // shrank under us
       done += static_cast<std::uint64_t>(n);
-      job.prog.bytes_done += static_cast<std::uint64_t>(n);
       if (first_chunk) {
         first_chunk = false;
         Checkpoint("copying");
       }
-      Report(job, Phase::kStage, false);
+      if (on_main) {
+        job.prog.bytes_done += static_cast<std::uint64_t>(n);
+        Report(job, Phase::kStage, false);
+      }
     }
-    DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path, job.buf));
+    DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path, buf));
     if (os.Fchmod(dst.get(), e.st.st_mode & 07777) != 0) return SysError("chmod " + e.path, errno);
     const struct timespec times[2] = {{0, UTIME_OMIT}, e.st.st_mtim};
     if (os.Futimens(dst.get(), times) != 0) return SysError("set mtime " + e.path, errno);
@@ -555,8 +565,6 @@ struct Engine::Impl {
     if (os.Fstat(dst.get(), &staged) != 0) return SysError("stat staged " + e.path, errno);
     if (static_cast<std::uint64_t>(staged.st_size) != size) return SourceChanged(e.path);
     *ino = staged.st_ino;
-    job.stats.files_copied++;
-    job.stats.bytes_copied += size;
     return Status::Ok();
   }
 
@@ -592,6 +600,169 @@ struct Engine::Impl {
     auto i = m->Find(path);
     return i < 0 ? nullptr : &m->entries[static_cast<size_t>(i)];
   }
+
+  // Repair: a copied file must have the content the manifest says.
+  Status CheckRepairContent(Job& job, const SrcEntry& e, std::uint64_t hash) {
+    if (job.repair_of == nullptr) return Status::Ok();
+    const ManifestEntry* want = OldEntry(job, e.path);
+    if (want != nullptr && want->hash == hash) return Status::Ok();
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "source no longer matches the manifest of version " +
+                         std::to_string(job.version) + ": content of " + e.path);
+  }
+
+  void CountCopy(Job& job, const SrcEntry& e, ino_t ino) {
+    job.staged_inodes.insert(ino);
+    job.stats.files_copied++;
+    job.stats.bytes_copied += static_cast<std::uint64_t>(e.st.st_size);
+    job.prog.files_done++;
+  }
+
+  // A file copy queued by the staging walk: source entry `entry` from src_dir into dst_dir
+  // (descriptors of levels still on the walk's stack), its hash for job.next.entries[out].
+  struct CopyTask {
+    int src_dir = -1, dst_dir = -1;
+    size_t entry = 0, out = 0;
+  };
+
+  // Copies spread over helper threads beside the refreshing one (threads > 1). The walk queues
+  // each copy (Add) and goes on creating dirs and links; Drain, before a level is finished,
+  // runs queued copies on the refreshing thread too until none is left, then folds the results
+  // into the job (only the refreshing thread touches job.stats, job.prog and job.next).
+  // Copies are independent files, each with its own descriptors; the Os is thread-safe.
+  class CopyPool {
+   public:
+    CopyPool(Impl& impl, Job& job, int helpers) : impl_(impl), job_(job) {
+      for (int t = 0; t < helpers; ++t) threads_.emplace_back([this] { HelperLoop(); });
+    }
+    ~CopyPool() {
+      Quiesce();
+      {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+      }
+      work_cv_.notify_all();
+      for (auto& t : threads_) t.join();
+    }
+
+    // Drops queued copies and waits for running ones: afterwards no helper uses any descriptor
+    // of the walk. Results and errors stay for Drain.
+    void Quiesce() noexcept {
+      std::unique_lock lock(mu_);
+      pending_ -= queue_.size();
+      queue_.clear();
+      done_cv_.wait(lock, [&] { return pending_ == 0; });
+    }
+    CopyPool(const CopyPool&) = delete;
+    CopyPool& operator=(const CopyPool&) = delete;
+
+    void Add(CopyTask task) {
+      {
+        std::lock_guard lock(mu_);
+        queue_.push_back(task);
+        ++pending_;
+      }
+      work_cv_.notify_one();
+    }
+
+    // Runs queued copies here too until every queued copy has finished. The first error (or a
+    // helper's exception, rethrown here) wins; after it, queued copies are dropped.
+    Status Drain(bool* cancelled) {
+      std::unique_lock lock(mu_);
+      for (;;) {
+        if (failed()) {
+          pending_ -= queue_.size();
+          queue_.clear();
+        }
+        if (queue_.empty()) break;
+        CopyTask task = queue_.front();
+        queue_.pop_front();
+        lock.unlock();
+        Run(task, impl_.job_buf(job_), true);
+        lock.lock();
+      }
+      done_cv_.wait(lock, [&] { return pending_ == 0; });
+      if (exception_) std::rethrow_exception(std::exchange(exception_, nullptr));
+      for (const Done& d : done_) {
+        const SrcEntry& e = job_.src[d.entry];
+        job_.next.entries[d.out].hash = d.hash;
+        impl_.CountCopy(job_, e, d.ino);
+        // The refreshing thread counted its own copies' bytes as they went.
+        if (!d.on_main) job_.prog.bytes_done += static_cast<std::uint64_t>(e.st.st_size);
+      }
+      done_.clear();
+      if (cancelled_) *cancelled = true;
+      Status s = std::exchange(error_, Status::Ok());
+      return s;
+    }
+
+   private:
+    struct Done {
+      size_t entry = 0, out = 0;
+      std::uint64_t hash = 0;
+      ino_t ino = 0;
+      bool on_main = false;
+    };
+
+    bool failed() const { return !error_.ok() || exception_ || cancelled_; }
+
+    void HelperLoop() {
+      IoBuffer buf;
+      std::unique_lock lock(mu_);
+      for (;;) {
+        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        CopyTask task = queue_.front();
+        queue_.pop_front();
+        lock.unlock();
+        Run(task, buf, false);
+        lock.lock();
+      }
+    }
+
+    // One copy, then its result under the lock. Runs with mu_ not held.
+    void Run(const CopyTask& task, IoBuffer& buf, bool on_main) {
+      const SrcEntry& e = job_.src[task.entry];
+      Done d{task.entry, task.out, 0, 0, on_main};
+      bool cancelled = false;
+      Status s = Status::Ok();
+      std::exception_ptr ex;
+      bool skip;
+      {
+        std::lock_guard lock(mu_);
+        skip = failed();
+      }
+      if (!skip) {
+        try {
+          s = impl_.CopyFile(job_, task.src_dir, task.dst_dir, e, buf, on_main, &d.hash, &d.ino,
+                             &cancelled);
+          if (s.ok() && !cancelled) s = impl_.CheckRepairContent(job_, e, d.hash);
+        } catch (...) {
+          ex = std::current_exception();
+        }
+      }
+      std::lock_guard lock(mu_);
+      if (ex && !exception_) exception_ = ex;
+      if (!s.ok() && error_.ok()) error_ = s;
+      if (cancelled) cancelled_ = true;
+      if (!skip && !ex && s.ok() && !cancelled) done_.push_back(d);
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+
+    Impl& impl_;
+    Job& job_;
+    std::mutex mu_;
+    std::condition_variable work_cv_, done_cv_;
+    std::deque<CopyTask> queue_;
+    size_t pending_ = 0;  // queued + running
+    std::vector<Done> done_;
+    Status error_ = Status::Ok();
+    std::exception_ptr exception_;
+    bool cancelled_ = false;
+    bool stop_ = false;
+    std::vector<std::thread> threads_;
+  };
+  IoBuffer& job_buf(Job& job) { return job.buf; }
 
   // One directory level of the staging walk. A level reused from the spare tree lists what it
   // already holds (`existing`, sorted by name); entries the source does not have are removed at
@@ -671,8 +842,19 @@ struct Engine::Impl {
 
   // Builds the staged tree; *cancelled set when the token fired. Starts from the package's spare
   // tree (the tree retired by the previous switch) when there is one, changing only what
-  // differs: for a small change this costs a few operations instead of one per file.
+  // differs: for a small change this costs a few operations instead of one per file. With
+  // threads > 1 copies run on helper threads beside the walk (CopyPool).
   Status Stage(Job& job, int src_root, bool* cancelled) {
+    if (threads <= 1) return StageWalk(job, src_root, nullptr, cancelled);
+    CopyPool pool(*this, job, threads - 1);
+    Status s = StageWalk(job, src_root, &pool, cancelled);
+    // The walk left no copy running; this surfaces a helper's error or exception (a test's
+    // InjectedCrash must stop the refresh as a kill -9 would, whichever thread it hit).
+    Status drained = pool.Drain(cancelled);
+    return s.ok() ? drained : s;
+  }
+
+  Status StageWalk(Job& job, int src_root, CopyPool* pool, bool* cancelled) {
     int sfd = job.d.staging.get();
     std::string spare = SpareName(job.pkg);
     bool from_spare = os.RenameAt2(sfd, spare.c_str(), sfd, job.staged.c_str(), RENAME_NOREPLACE) == 0;
@@ -681,6 +863,24 @@ struct Engine::Impl {
     }
     Checkpoint("staging");
     std::vector<Level> stack;
+    // Declared after `stack`, so it runs first on every way out: no copy may still use a
+    // level's descriptors when they are closed.
+    struct QuiesceOnExit {
+      CopyPool* pool;
+      ~QuiesceOnExit() {
+        if (pool != nullptr) pool->Quiesce();
+      }
+    } quiesce{pool};
+    // A level is finished once its queued copies are (its mtime must be set after its last
+    // entry is created; its descriptors stay open until then).
+    auto finish = [&](Level& level) -> Status {
+      if (pool) {
+        DESPOOL_RETURN_IF_ERROR(pool->Drain(cancelled));
+        if (*cancelled) return Status::Ok();
+        Report(job, Phase::kStage, false);
+      }
+      return FinishDir(job, level);
+    };
     {
       Level root;
       root.entry = 0;
@@ -710,7 +910,8 @@ struct Engine::Impl {
       }
       const SrcEntry& e = job.src[i];
       while (stack.back().entry != e.parent) {
-        DESPOOL_RETURN_IF_ERROR(FinishDir(job, stack.back()));
+        DESPOOL_RETURN_IF_ERROR(finish(stack.back()));
+        if (*cancelled) return Status::Ok();
         stack.pop_back();
       }
       Level& L = stack.back();
@@ -804,20 +1005,17 @@ struct Engine::Impl {
             }
           }
           DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
-          ino_t ino = 0;
-          DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, &me.hash, &ino,
-                                           cancelled));
-          if (*cancelled) return Status::Ok();
-          if (job.repair_of != nullptr) {
-            const ManifestEntry* want = OldEntry(job, e.path);
-            if (want == nullptr || want->hash != me.hash) {
-              return MakeError(ErrorCode::kFailedPrecondition,
-                               "source no longer matches the manifest of version " +
-                                   std::to_string(job.version) + ": content of " + e.path);
-            }
+          if (pool) {
+            // Its hash is filled in when the copy is drained.
+            pool->Add(CopyTask{L.src.get(), L.dst.get(), i, job.next.entries.size()});
+            break;
           }
-          job.staged_inodes.insert(ino);
-          job.prog.files_done++;
+          ino_t ino = 0;
+          DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, job.buf, true,
+                                           &me.hash, &ino, cancelled));
+          if (*cancelled) return Status::Ok();
+          DESPOOL_RETURN_IF_ERROR(CheckRepairContent(job, e, me.hash));
+          CountCopy(job, e, ino);
           Report(job, Phase::kStage, false);
           break;
         }
@@ -825,7 +1023,8 @@ struct Engine::Impl {
       job.next.entries.push_back(std::move(me));
     }
     while (!stack.empty()) {
-      DESPOOL_RETURN_IF_ERROR(FinishDir(job, stack.back()));
+      DESPOOL_RETURN_IF_ERROR(finish(stack.back()));
+      if (*cancelled) return Status::Ok();
       stack.pop_back();
     }
     SortEntries(&job.next.entries);
