@@ -292,7 +292,8 @@ class Broker::Impl {
 
   // Reads one message from a ROUTER. False when none is waiting.
   bool ReadOne(zmq::socket_t& sock, bool is_frontend, std::int64_t now) {
-    std::vector<zmq::message_t> frames;
+    std::vector<zmq::message_t>& frames = frames_;  // reused: no allocation per message
+    frames.clear();
     zmq::message_t first;
     std::optional<std::size_t> got;
     try {
@@ -454,6 +455,9 @@ class Broker::Impl {
   Status StartCommit() {
     auto out = std::make_unique<Outputs>(std::move(accum_));
     accum_ = Outputs{};
+    // Vectors of delivered outputs, empty but with their capacity: no regrowth every round.
+    accum_.replies.swap(spare_replies_);
+    accum_.queries.swap(spare_queries_);
     out->batch = core_->TakeBatch();
     out->outbox = core_->TakeWorkerOutbox();
     out->progress = core_->TakeEvents();
@@ -539,6 +543,10 @@ class Broker::Impl {
                                                       : msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
     }
     for (auto& e : out.progress) Publish(e, msg::Encode(Envelope{msg::kProtocolVersion, 0, e}));
+    out.replies.clear();
+    if (out.replies.capacity() > spare_replies_.capacity()) out.replies.swap(spare_replies_);
+    out.queries.clear();
+    if (out.queries.capacity() > spare_queries_.capacity()) out.queries.swap(spare_queries_);
     m_.send_ns += Ns(std::chrono::steady_clock::now() - t0);
   }
 
@@ -602,7 +610,9 @@ class Broker::Impl {
   zmq::socket_t frontend_;
   zmq::socket_t backend_;
   zmq::socket_t pub_;
+  std::vector<zmq::message_t> frames_;  // ReadOne's frames (kept for its capacity)
   Outputs accum_;                  // waiting for the next commit
+  std::vector<Pending> spare_replies_, spare_queries_;  // emptied by Deliver, capacity kept
   std::unique_ptr<Outputs> inflight_;  // waiting for the commit in progress
   std::set<std::string> worker_peers_;
   LoopMetrics m_;

@@ -2,12 +2,19 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 
 #include "despool/common/logging.h"
 
 namespace despool::broker {
+namespace {
+
+constexpr int kNice = 10;
+
+}  // namespace
 
 Result<std::unique_ptr<WalCheckpointer>> WalCheckpointer::Start(const std::string& path, int threshold_pages,
                                                                 bool sync_full) {
@@ -72,6 +79,11 @@ WalCheckpointer::Stats WalCheckpointer::stats() const {
 
 void WalCheckpointer::Loop() {
   pthread_setname_np(pthread_self(), "broker-ckpt");
+  // Background work: on a busy machine the loop and the commit thread (every ack waits for
+  // them) go first. Lowering a thread's own priority needs no privilege; failing is harmless.
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kNice) != 0) {
+    GetLogger("store")->debug("cannot lower the checkpoint thread's priority");
+  }
   auto log = GetLogger("store");
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {

@@ -5,6 +5,7 @@
 
 #include <msgpack.hpp>
 
+#include <algorithm>
 #include <array>
 #include <concepts>
 #include <cstring>
@@ -422,13 +423,21 @@ bool ParseWire(std::string_view s, Outcome* out) { return ParseOutcome(s, out); 
 
 // Packs straight into the std::string Encode returns: msgpack::sbuffer would malloc 8 KiB for
 // every message and then be copied out (both showed in the broker's profile).
+// The packer writes one token at a time (a header byte, a key, a value): write() is a memcpy
+// into room made in steps, not an out-of-line std::string::append per token; Finish() trims.
 class StringSink {
  public:
-  explicit StringSink(std::string& out) : out_(out) {}
-  void write(const char* data, std::size_t size) { out_.append(data, size); }
+  explicit StringSink(std::string& out) : out_(out) { out_.resize(512); }
+  void write(const char* data, std::size_t size) {
+    if (size_ + size > out_.size()) out_.resize(std::max(out_.size() * 2, size_ + size));
+    std::memcpy(out_.data() + size_, data, size);
+    size_ += size;
+  }
+  void Finish() { out_.resize(size_); }
 
  private:
   std::string& out_;
+  std::size_t size_ = 0;
 };
 
 using Packer = msgpack::packer<StringSink>;
@@ -698,8 +707,7 @@ const char* TypeName(const Body& body) {
 
 std::string Encode(const Envelope& envelope) {
   std::string out;
-  out.reserve(256);  // most messages fit: one allocation
-  StringSink sink(out);
+  StringSink sink(out);  // most messages fit its first 512 bytes: one allocation
   Packer packer(sink);
   Writer writer(packer);
   packer.pack_map(4);
@@ -711,6 +719,7 @@ std::string Encode(const Envelope& envelope) {
   packer.pack(envelope.request_id);
   writer.PutString("b");
   std::visit([&](const auto& b) { writer.PutStruct(b); }, envelope.body);
+  sink.Finish();
   return out;
 }
 

@@ -279,8 +279,8 @@ TEST_F(StoreTest, LargeBatchesRoundTripRowByRow) {
     AttemptRecord a;
     a.job_id = r.info.id;
     a.attempt = static_cast<std::uint64_t>(i);
-    a.worker = "w" + std::to_string(i);
-    a.outcome = "deferred";
+    a.worker = std::string("w") + std::to_string(i);
+    a.outcome = std::string("deferred");
     if (i % 2 == 0) a.in_use = {"x/" + std::to_string(i)};
     b.attempts.push_back(a);
     msg::Event e;
@@ -359,16 +359,16 @@ TEST_F(StoreTest, WalIsCheckpointedOffTheCommitAndStaysBounded) {
   const std::uintmax_t frame = 4096 + 24;
   std::uintmax_t largest = 0;
   std::uint64_t seq = 0;
+  msg::Event e;
+  e.job.dp = std::string("dp");
+  e.job.package = std::string("p");
+  e.job.source = std::string("/src/p");
+  e.job.last_error = std::string(400, 'x');  // about one page per commit
   for (int round = 0; round < 200; ++round) {
     WriteBatch b;
     for (int i = 0; i < 8; ++i) {
-      msg::Event e;
       e.seq = ++seq;
       e.job.id = "e-" + std::to_string(seq);
-      e.job.dp = "dp";
-      e.job.package = "p";
-      e.job.source = "/src/p";
-      e.job.last_error = std::string(400, 'x');  // about one page per commit
       b.events.push_back(e);
     }
     ASSERT_TRUE(s->Commit(b).ok());
