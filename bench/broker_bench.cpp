@@ -734,6 +734,11 @@ int main(int argc, char** argv) {
               1e6 * broker_cpu_s / static_cast<double>(o.instructions),
               static_cast<double>(m.commit_cpu_ns) / 1e3 / static_cast<double>(o.instructions),
               static_cast<double>(o.instructions) / broker_cpu_s);
+  std::printf("  inside the broker: submit read -> ack sent p50 %llu us, p99 %llu us, max %llu us; "
+              "commit wall time (incl. fsync) p50 %llu us, p99 %llu us, max %llu us\n",
+              static_cast<unsigned long long>(m.submit_ack_p50_us), static_cast<unsigned long long>(m.submit_ack_p99_us),
+              static_cast<unsigned long long>(m.submit_ack_max_us), static_cast<unsigned long long>(m.commit_p50_us),
+              static_cast<unsigned long long>(m.commit_p99_us), static_cast<unsigned long long>(m.commit_max_us));
   PrintCpuTable(cpu_before, cpu_after, o.instructions);
   std::printf("  store:");
   for (const auto& a : writer->Activity()) std::printf(" %s;", a.c_str());

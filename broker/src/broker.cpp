@@ -60,6 +60,32 @@ std::uint64_t Ns(std::chrono::steady_clock::duration d) {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
 }
 
+// Durations in 10 µs buckets up to 100 ms (the last bucket holds the rest), for the benchmark
+// figures in LoopMetrics.
+class MicrosHistogram {
+ public:
+  void Add(std::uint64_t ns) {
+    ++buckets_[std::min<std::uint64_t>(ns / 10'000, kBuckets - 1)];
+    ++count_;
+  }
+  // The smallest duration (µs) that a fraction q of the samples do not exceed.
+  std::uint64_t Quantile(double q) const {
+    if (count_ == 0) return 0;
+    const auto want = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(q * static_cast<double>(count_) + 0.5));
+    std::uint64_t seen = 0;
+    for (std::size_t i = 0; i < kBuckets; ++i) {
+      seen += buckets_[i];
+      if (seen >= want) return (i + 1) * 10;
+    }
+    return kBuckets * 10;
+  }
+
+ private:
+  static constexpr std::size_t kBuckets = 10'000;
+  std::vector<std::uint64_t> buckets_ = std::vector<std::uint64_t>(kBuckets);
+  std::uint64_t count_ = 0;
+};
+
 std::string Printable(std::string_view id) {
   static const char* hex = "0123456789abcdef";
   std::string s;
@@ -176,6 +202,12 @@ class Broker::Impl {
       m.commit_ns = commit_thread_->commit_ns();
       m.commit_cpu_ns = commit_thread_->commit_cpu_ns();
     }
+    m.commit_p50_us = commit_hist_.Quantile(0.50);
+    m.commit_p99_us = commit_hist_.Quantile(0.99);
+    m.commit_max_us = commit_hist_.Quantile(1.0);
+    m.submit_ack_p50_us = ack_hist_.Quantile(0.50);
+    m.submit_ack_p99_us = ack_hist_.Quantile(0.99);
+    m.submit_ack_max_us = ack_hist_.Quantile(1.0);
     if (core_) {
       const auto& h = core_->DueLateness();
       m.active_jobs = core_->ActiveJobs();
@@ -480,7 +512,9 @@ class Broker::Impl {
       const auto t0 = std::chrono::steady_clock::now();
       const std::int64_t cpu0 = ThreadCpuNs();
       Status st = store_->Commit(out->batch);
-      m_.commit_ns += Ns(std::chrono::steady_clock::now() - t0);
+      const std::uint64_t ns = Ns(std::chrono::steady_clock::now() - t0);
+      m_.commit_ns += ns;
+      commit_hist_.Add(ns);
       m_.commit_cpu_ns += static_cast<std::uint64_t>(ThreadCpuNs() - cpu0);
       if (!st.ok()) return CommitFailed(*out, st);
       obs_.OnCommitted(m_.commit_ns, out->batch);
@@ -498,7 +532,10 @@ class Broker::Impl {
     std::unique_ptr<Outputs> out = std::move(inflight_);
     core_->SetInFlight(nullptr);
     if (!st.ok()) return CommitFailed(*out, st);
-    obs_.OnCommitted(commit_thread_->commit_ns(), out->batch);
+    const std::uint64_t total_ns = commit_thread_->commit_ns();
+    commit_hist_.Add(total_ns - last_commit_total_ns_);
+    last_commit_total_ns_ = total_ns;
+    obs_.OnCommitted(total_ns, out->batch);
     Deliver(*out);
     return Status::Ok();
   }
@@ -520,7 +557,10 @@ class Broker::Impl {
   void Deliver(Outputs& out) {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& p : out.replies) {
-      if (std::holds_alternative<msg::SubmitReply>(p.body)) obs_.OnSubmitAcked(t0 - p.received);
+      if (std::holds_alternative<msg::SubmitReply>(p.body)) {
+        obs_.OnSubmitAcked(t0 - p.received);
+        ack_hist_.Add(Ns(t0 - p.received));
+      }
       SendEnvelope(frontend_, p.peer, Envelope{msg::kProtocolVersion, p.request_id, std::move(p.body)});
     }
     for (auto& q : out.queries) {
@@ -616,6 +656,8 @@ class Broker::Impl {
   std::unique_ptr<Outputs> inflight_;  // waiting for the commit in progress
   std::set<std::string> worker_peers_;
   LoopMetrics m_;
+  MicrosHistogram commit_hist_, ack_hist_;
+  std::uint64_t last_commit_total_ns_ = 0;  // commit_thread_->commit_ns() at the last commit
   Observability obs_;  // metrics, snapshots and the HTTP endpoint (its threads never touch the above)
   std::unique_ptr<BrokerAuth> auth_;  // CURVE + ZAP; null without [security]. Stops before ctx_.
   std::map<std::string, std::string> backend_keys_;  // backend routing id -> key id (CURVE)

@@ -577,9 +577,10 @@ class SqliteStore final : public Store {
       out.push_back(std::string(p) + " = " + value);
     }
     if (wal_ && opts_.wal_checkpoint_pages > 0) {
-      out.push_back("wal_checkpoint = PASSIVE on its own thread and connection at " +
-                    std::to_string(opts_.wal_checkpoint_pages) + " pages (none in the commit), RESTART in the commit past " +
-                    std::to_string(opts_.wal_max_pages));
+      out.push_back("wal_checkpoint = PASSIVE on its own thread and connection from " +
+                    std::to_string(opts_.wal_checkpoint_pages) + " pages (none in the commit); RESTART after a commit past " +
+                    std::to_string(opts_.wal_max_pages) + " pages when no pass runs, always past " +
+                    std::to_string(2 * opts_.wal_max_pages));
       out.push_back("journal_size_limit = " + QueryText("PRAGMA journal_size_limit"));
     }
     out.push_back("events_retention = " + std::to_string(opts_.events_retention));
@@ -630,10 +631,18 @@ class SqliteStore final : public Store {
       checkpointer_->Notify(wal_frames_);
       return;
     }
-    // No pass found the writer between transactions: copy what is left (the passes did most of
-    // it) and make the next commit start the WAL over. Rare; bounds the WAL.
+    // Past wal_max_pages no pass found the writer between two transactions (the only moment the
+    // WAL can start over). Do it here, after this commit: copy what the passes left (the frames
+    // of the last commits) and make the next commit start the WAL over. Waiting for a running
+    // pass would add its fsync to this commit's wait, so that is only done past twice the limit.
     std::optional<WalCheckpointer::Hold> hold;
-    if (checkpointer_) hold.emplace(*checkpointer_);
+    if (checkpointer_) {
+      hold.emplace(*checkpointer_, /*wait=*/wal_frames_ >= 2 * opts_.wal_max_pages);
+      if (!hold->held()) {
+        checkpointer_->Notify(wal_frames_);
+        return;
+      }
+    }
     int log_frames = 0, backfilled = 0;
     const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_RESTART, &log_frames, &backfilled);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {

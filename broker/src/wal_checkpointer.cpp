@@ -58,13 +58,16 @@ void WalCheckpointer::Notify(int frames) {
   cv_.notify_one();
 }
 
-WalCheckpointer::Hold::Hold(WalCheckpointer& c) : c_(c) {
+WalCheckpointer::Hold::Hold(WalCheckpointer& c, bool wait) : c_(c) {
   std::unique_lock<std::mutex> lock(c_.mu_);
+  if (!wait && c_.running_) return;
   c_.held_ = true;
+  held_ = true;
   c_.cv_.wait(lock, [this] { return !c_.running_; });
 }
 
 WalCheckpointer::Hold::~Hold() {
+  if (!held_) return;
   {
     std::lock_guard<std::mutex> lock(c_.mu_);
     c_.held_ = false;

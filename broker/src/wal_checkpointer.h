@@ -48,13 +48,16 @@ class WalCheckpointer {
   // itself meanwhile (a pass holds SQLite's checkpoint lock, which has no busy wait).
   class Hold {
    public:
-    explicit Hold(WalCheckpointer& c);
+    // wait=false: held() is false when a pass is under way (nothing is held then).
+    explicit Hold(WalCheckpointer& c, bool wait = true);
     ~Hold();
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
+    bool held() const { return held_; }
 
    private:
     WalCheckpointer& c_;
+    bool held_ = false;
   };
 
  private:

@@ -44,6 +44,10 @@ struct LoopMetrics {
   std::uint64_t send_ns = 0;         // encode + send replies, dispatches, events
   std::uint64_t poll_ns = 0;         // waiting in zmq_poll
   std::uint64_t loop_cpu_ns = 0;     // CPU time of the loop thread during Run
+  // Quantiles (µs, 10 µs resolution) of each commit's wall time (incl. fsync) and of a submit's
+  // time inside the broker (read -> ack handed to ZeroMQ).
+  std::uint64_t commit_p50_us = 0, commit_p99_us = 0, commit_max_us = 0;
+  std::uint64_t submit_ack_p50_us = 0, submit_ack_p99_us = 0, submit_ack_max_us = 0;
   bool commit_thread = false;        // commit_cpu_ns was spent on the commit thread
   std::uint64_t active_jobs = 0;     // queued + running + deferred held in memory
   std::uint64_t due_retries = 0;     // deferred jobs that came due

@@ -115,9 +115,11 @@ struct SqliteOptions {
   // WAL checkpoints run on their own thread and connection once the WAL holds this many pages,
   // never inside a commit (0: SQLite's automatic checkpoint inside the commit, at 1000 pages).
   int wal_checkpoint_pages = 1000;
-  // Should that thread fall behind, the writer checkpoints itself (RESTART) past this many pages:
-  // the WAL stays bounded whatever happens.
-  int wal_max_pages = 4000;
+  // The WAL starts over only when a pass ends between two transactions; a writer committing back
+  // to back may never give it that moment. Past this many pages the writer checkpoints itself
+  // (RESTART) after a commit while no pass runs; past twice this it waits for the pass: the WAL
+  // stays bounded whatever happens.
+  int wal_max_pages = 8000;
 };
 
 // Opens (creating and migrating as needed) the SQLite store at path; ":memory:" for tests.
