@@ -457,18 +457,29 @@ struct Counter {
 
 class Writer {
  public:
-  explicit Writer(Packer& packer) : pk_(packer) {}
+  Writer(Packer& packer, StringSink& sink) : pk_(packer), sink_(sink) {}
 
-  template <typename T>
-  void operator()(const char* key, const T& field, const Rule& = {}) {
+  // Keys are the tables' string literals: header and text go out in one write, with the length
+  // known at compile time (no strlen, no packer call per key).
+  template <typename T, std::size_t N>
+  void operator()(const char (&key)[N], const T& field, const Rule& = {}) {
     if constexpr (Optional<T>) {
       if (!field) return;
-      PutString(key);
+      PutKey(key);
       Put(*field);
     } else {
-      PutString(key);
+      PutKey(key);
       Put(field);
     }
+  }
+
+  template <std::size_t N>
+  void PutKey(const char (&key)[N]) {
+    static_assert(N >= 1 && N - 1 < 32, "keys are msgpack fixstr (under 32 bytes)");
+    std::array<char, N> packed{};  // fixstr header byte, then the text without its NUL
+    packed[0] = static_cast<char>(0xa0 | (N - 1));
+    std::memcpy(packed.data() + 1, key, N - 1);
+    sink_.write(packed.data(), N);
   }
 
   template <typename S>
@@ -508,6 +519,7 @@ class Writer {
 
  private:
   Packer& pk_;
+  StringSink& sink_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -709,7 +721,7 @@ std::string Encode(const Envelope& envelope) {
   std::string out;
   StringSink sink(out);  // most messages fit its first 512 bytes: one allocation
   Packer packer(sink);
-  Writer writer(packer);
+  Writer writer(packer, sink);
   packer.pack_map(4);
   writer.PutString("v");
   packer.pack(envelope.version);
