@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "despool/common/logging.h"
@@ -52,7 +53,10 @@ void WalCheckpointer::Notify(int frames) {
   if (frames < threshold_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (wanted_) return;
+    if (frames < last_pass_frames_) last_pass_frames_ = 0;  // the WAL started over since
+    // A pass per commit would fsync the database as often as the commits fsync the WAL, for a
+    // few pages each time: wait until a quarter of the threshold is new since the last pass.
+    if (wanted_ || frames - last_pass_frames_ < std::max(1, threshold_ / 4)) return;
     wanted_ = true;
   }
   cv_.notify_one();
@@ -106,6 +110,7 @@ void WalCheckpointer::Loop() {
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) log->warn("wal checkpoint failed error={}", LogQuote(sqlite3_errmsg(db_)));
     lock.lock();
     running_ = false;
+    if (rc == SQLITE_OK && log_frames > 0) last_pass_frames_ = log_frames;
     cv_.notify_all();  // a Hold may be waiting
     stats_.checkpoints += 1;
     stats_.ns += ns;
