@@ -14,6 +14,7 @@ namespace despool::broker {
 namespace {
 
 constexpr int kNice = 10;
+constexpr int kCatchUpPasses = 3;
 
 }  // namespace
 
@@ -53,6 +54,7 @@ void WalCheckpointer::Notify(int frames) {
   if (frames < threshold_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    latest_frames_ = frames;
     if (frames < last_pass_frames_) last_pass_frames_ = 0;  // the WAL started over since
     // A pass per commit would fsync the database as often as the commits fsync the WAL, for a
     // few pages each time: wait until a quarter of the threshold is new since the last pass.
@@ -93,15 +95,16 @@ void WalCheckpointer::Loop() {
   }
   auto log = GetLogger("store");
   std::unique_lock<std::mutex> lock(mu_);
+  int catch_up = 0;  // passes in a row chasing the frames committed during the previous one
   while (true) {
     cv_.wait(lock, [this] { return stop_ || (wanted_ && !held_); });
     if (stop_) return;
     wanted_ = false;
     running_ = true;
     lock.unlock();
-    // One pass copies what the WAL held when it began; commits appended meanwhile are left for
-    // the next pass (the writer's next Notify asks for it), until a pass finds the writer
-    // between transactions and the WAL starts over.
+    // One pass copies what the WAL held when it began; what commits appended meanwhile is left
+    // for a short catch-up pass right after, which with luck ends between two commits with
+    // every frame in the database: the writer then starts the WAL over.
     int log_frames = 0, backfilled = 0;
     const auto t0 = std::chrono::steady_clock::now();
     const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &backfilled);
@@ -111,6 +114,13 @@ void WalCheckpointer::Loop() {
     lock.lock();
     running_ = false;
     if (rc == SQLITE_OK && log_frames > 0) last_pass_frames_ = log_frames;
+    const bool complete = rc == SQLITE_OK && log_frames > 0 && backfilled >= log_frames;
+    if (complete && latest_frames_ > log_frames && catch_up < kCatchUpPasses) {
+      ++catch_up;
+      wanted_ = true;
+    } else {
+      catch_up = 0;
+    }
     cv_.notify_all();  // a Hold may be waiting
     stats_.checkpoints += 1;
     stats_.ns += ns;

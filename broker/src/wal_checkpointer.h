@@ -6,8 +6,9 @@
 // Contract: the writer calls Notify(frames) after each commit (from its sqlite3_wal_hook); it
 // never blocks. Once the WAL holds `threshold_pages` frames, the checkpointer runs PASSIVE
 // checkpoints (they never wait for, nor block, the writer or readers), one each time the WAL grew
-// by a quarter of the threshold. The WAL starts over at the writer's next commit when a pass
-// happens to end between two of its transactions with every frame in the database; a writer
+// by a quarter of the threshold, each followed by up to 3 short catch-up passes. The WAL starts
+// over at the writer's next commit when a pass ends between two of its transactions with every
+// frame in the database; a writer
 // that keeps committing rarely leaves that moment, so it bounds the WAL itself (see
 // SqliteStore::AfterCommit), holding this thread off meanwhile. Started lazily by the writer.
 #pragma once
@@ -70,6 +71,7 @@ class WalCheckpointer {
   std::condition_variable cv_;
   bool wanted_ = false;
   int last_pass_frames_ = 0;  // the WAL's size when the last pass ran
+  int latest_frames_ = 0;     // the WAL's size after the writer's latest commit
   bool running_ = false;  // a pass is under way
   bool held_ = false;     // a Hold is alive
   bool stop_ = false;
