@@ -578,7 +578,7 @@ class SqliteStore final : public Store {
     }
     if (wal_ && opts_.wal_checkpoint_pages > 0) {
       out.push_back("wal_checkpoint = PASSIVE on its own thread and connection from " +
-                    std::to_string(opts_.wal_checkpoint_pages) + " pages (none in the commit); RESTART after a commit past " +
+                    std::to_string(opts_.wal_checkpoint_pages) + " pages (none in the commit); the writer's own after a commit past " +
                     std::to_string(opts_.wal_max_pages) + " pages when no pass runs, always past " +
                     std::to_string(2 * opts_.wal_max_pages));
       out.push_back("journal_size_limit = " + QueryText("PRAGMA journal_size_limit"));
@@ -633,8 +633,10 @@ class SqliteStore final : public Store {
     }
     // Past wal_max_pages no pass found the writer between two transactions (the only moment the
     // WAL can start over). Do it here, after this commit: copy what the passes left (the frames
-    // of the last commits) and make the next commit start the WAL over. Waiting for a running
-    // pass would add its fsync to this commit's wait, so that is only done past twice the limit.
+    // of the last commits), and the next commit starts the WAL over. Waiting for a running pass
+    // would add its fsync to this commit's wait, so that is only done past twice the limit.
+    // PASSIVE, as SQLite's own automatic checkpoint: RESTART would also wait (busy timeout, on
+    // the ack path) for readers; a long read pins the WAL in any mode until it ends.
     std::optional<WalCheckpointer::Hold> hold;
     if (checkpointer_) {
       hold.emplace(*checkpointer_, /*wait=*/wal_frames_ >= 2 * opts_.wal_max_pages);
@@ -644,7 +646,7 @@ class SqliteStore final : public Store {
       }
     }
     int log_frames = 0, backfilled = 0;
-    const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_RESTART, &log_frames, &backfilled);
+    const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &backfilled);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
       GetLogger("store")->warn("wal checkpoint failed error={}", LogQuote(sqlite3_errmsg(db_)));
     }

@@ -117,8 +117,8 @@ struct SqliteOptions {
   int wal_checkpoint_pages = 1000;
   // The WAL starts over only when a pass ends between two transactions; a writer committing back
   // to back may never give it that moment. Past this many pages the writer checkpoints itself
-  // (RESTART) after a commit while no pass runs; past twice this it waits for the pass: the WAL
-  // stays bounded whatever happens.
+  // after a commit while no pass runs; past twice this it waits for the pass: the WAL stays
+  // bounded (unless a reader holds an old snapshot for that long: no mode can restart then).
   int wal_max_pages = 8000;
 };
 
