@@ -134,6 +134,9 @@ struct RefreshStats {
   std::uint64_t bytes_linked = 0;
   std::uint64_t entries_total = 0;  // files + dirs + symlinks
   bool reused_staging = false;      // a staged tree kept from a deferral was used
+  // Wall time per phase. scan: source scan (+ live walk beside it); stage: building the staged
+  // tree (copies included); sync: manifest written, syncfs (+ source re-check beside it),
+  // manifest renamed into place; switch: journal, exchange, commit; retire: old tree -> spare.
   std::chrono::nanoseconds scan{0}, stage{0}, sync{0}, in_use_check{0}, switch_time{0},
       retire{0}, total{0};
 };
@@ -182,18 +185,19 @@ struct EngineConfig {
   // once at process start-up, before threads; without it the auto probe uses the /proc scan.
   // Calls are serialised by the engine (a probe need not be thread-safe).
   std::shared_ptr<InUseProbe> probe;
-  // Observability/test hook, called on the refreshing thread at named points: "staging",
-  // "copying" (after the first chunk of a copied file), "staged", "checked" (in-use check
-  // passed), "journaled" (switch intent durable), "exchanged" (swap done, manifest not yet
-  // updated), "committed" (manifest updated), "retired". It may block (tests stop a child
-  // there and kill it).
+  // Observability/test hook, called at named points: "staging", "copying" (after the first
+  // chunk of a copied file), "staged" (staged tree durable, manifest not yet in place),
+  // "checked" (in-use check passed), "journaled" (switch intent durable), "exchanged" (swap
+  // done, manifest not yet updated), "committed" (manifest updated), "retired". Calls are
+  // serialised; all come from the refreshing thread except "copying", which may come from a
+  // copy helper thread when threads > 1. It may block (tests stop a child there and kill it).
   std::function<void(const char* point)> checkpoint;
-  // Threads one refresh may use. With 2 (or more), read-only passes run beside other work: the
-  // walk of the live tree beside the scan of the source, and the re-check of the source beside
-  // the syncfs of the staged tree. With 1 everything runs on the calling thread in one fixed
-  // order, so the n-th call through the Os is always the same call (tests that enumerate call
-  // points by index, or observe every call, use 1). The Os must be thread-safe (RealOs and
-  // FaultInjectingOs are).
+  // Threads one refresh may use. With 2 or more: the walk of the live tree runs beside the scan
+  // of the source, file copies run on threads-1 helpers beside the staging walk, and the
+  // re-check of the source runs beside the syncfs of the staged tree. With 1 everything runs on
+  // the calling thread in one fixed order, so the n-th call through the Os is always the same
+  // call (tests that enumerate call points by index, or observe every call, use 1). The Os must
+  // be thread-safe (RealOs and FaultInjectingOs are).
   int threads = 2;
 };
 
