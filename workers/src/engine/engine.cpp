@@ -620,9 +620,11 @@ struct Engine::Impl {
 
   // A file copy queued by the staging walk: source entry `entry` from src_dir into dst_dir
   // (descriptors of levels still on the walk's stack), its hash for job.next.entries[out].
+  // clear_first: the reused spare level holds something else under the name; remove it first.
   struct CopyTask {
     int src_dir = -1, dst_dir = -1;
     size_t entry = 0, out = 0;
+    bool clear_first = false;
   };
 
   // Copies spread over helper threads beside the refreshing one (threads > 1). The walk queues
@@ -734,8 +736,11 @@ struct Engine::Impl {
       }
       if (!skip) {
         try {
-          s = impl_.CopyFile(job_, task.src_dir, task.dst_dir, e, buf, on_main, &d.hash, &d.ino,
-                             &cancelled);
+          if (task.clear_first) s = internal::RemoveTree(impl_.os, task.dst_dir, e.name);
+          if (s.ok()) {
+            s = impl_.CopyFile(job_, task.src_dir, task.dst_dir, e, buf, on_main, &d.hash,
+                               &d.ino, &cancelled);
+          }
           if (s.ok() && !cancelled) s = impl_.CheckRepairContent(job_, e, d.hash);
         } catch (...) {
           ex = std::current_exception();
@@ -1004,12 +1009,14 @@ struct Engine::Impl {
               break;
             }
           }
-          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
           if (pool) {
-            // Its hash is filled in when the copy is drained.
-            pool->Add(CopyTask{L.src.get(), L.dst.get(), i, job.next.entries.size()});
+            // The stale entry is removed by the copy task too (unlinking a file costs about as
+            // much as creating one); the hash is filled in when the copy is drained.
+            pool->Add(CopyTask{L.src.get(), L.dst.get(), i, job.next.entries.size(),
+                               have != nullptr});
             break;
           }
+          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
           ino_t ino = 0;
           DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, job.buf, true,
                                            &me.hash, &ino, cancelled));
@@ -1132,6 +1139,7 @@ struct Engine::Impl {
     Status walked = Beside(
         [&]() -> Status {
           if (!job.live_exists) return Status::Ok();
+          if (job.old) job.live_stats.reserve(job.old->entries.size());
           return internal::WalkTree(os, job.live.get(), &job.live_stats);
         },
         [&] { scanned = internal::ScanSource(os, src_root.get()); });
