@@ -327,6 +327,7 @@ class RunningBroker {
     auto store = broker::OpenSqliteStore(s.store_path, s.store);
     if (!store.ok()) return store.take_error();
     pragmas = (*store)->Describe();
+    writer = store->get();
     auto reader = broker::OpenSqliteStore(s.store_path, s.store);
     if (!reader.ok()) return reader.take_error();
     b = std::make_unique<broker::Broker>(s, std::move(store).value(), std::move(reader).value());
@@ -349,6 +350,7 @@ class RunningBroker {
 
   std::unique_ptr<broker::Broker> b;
   std::vector<std::string> pragmas;
+  broker::Store* writer = nullptr;  // owned by b; Activity() once stopped
   Status status;
 
  private:
@@ -385,6 +387,7 @@ int BrokerChild(const Options& o, broker::BrokerSettings s) {
     << "\ndispatched_max=" << m.due_dispatch_max_ms << "\nloop_cpu_s=" << static_cast<double>(m.loop_cpu_ns) / 1e9
     << "\ncommit_cpu_s=" << static_cast<double>(m.commit_cpu_ns) / 1e9 << "\nrounds=" << m.rounds
     << "\ncommits=" << m.commits << "\nok=" << (b.status.ok() ? 1 : 0) << "\n";
+  for (const auto& a : b.writer->Activity()) f << "store: " << a << "\n";
   f.close();
   std::filesystem::rename(o.metrics_file + ".tmp", o.metrics_file);
   return b.status.ok() ? 0 : 1;
@@ -453,6 +456,7 @@ class BrokerProcess {
     }
   }
   double StartSeconds() const { return std::chrono::duration<double>(bound_ - started_).count(); }
+  std::string store_activity;  // the writer's Activity() lines, after Stop
 
   // VmRSS / VmHWM of the broker process in MiB.
   std::pair<double, double> RssMiB() const {
@@ -477,6 +481,10 @@ class BrokerProcess {
     std::ifstream f(metrics_);
     std::string line;
     while (std::getline(f, line)) {
+      if (line.rfind("store: ", 0) == 0) {
+        store_activity += line.substr(7) + "; ";
+        continue;
+      }
       const auto eq = line.find('=');
       if (eq != std::string::npos) m[line.substr(0, eq)] = std::stod(line.substr(eq + 1));
     }
@@ -561,6 +569,7 @@ int DeferredScale(Options o) {
               g(m2, "dispatched"), q("dispatched_p50").c_str(), q("dispatched_p99").c_str(), g(m2, "dispatched_max"));
   std::printf("  broker CPU: fill %.1f s loop + %.1f s commits; retries %.1f s loop + %.1f s commits\n",
               g(m1, "loop_cpu_s"), g(m1, "commit_cpu_s"), g(m2, "loop_cpu_s"), g(m2, "commit_cpu_s"));
+  std::printf("  store during the retries: %s\n", second.store_activity.c_str());
   std::printf("  machine load average (1 min): %.2f at the start, %.2f at the end\n", load_before, load[0]);
   return g(m1, "ok") == 1 && g(m2, "ok") == 1 ? 0 : 1;
 }
