@@ -586,6 +586,8 @@ void Core::OnWorkerMessage(const std::string& peer, msg::Body body, std::int64_t
     Worker nw;
     nw.name = reg->name;
     nw.dps = reg->dps;
+    nw.dps_sorted = reg->dps;
+    std::sort(nw.dps_sorted.begin(), nw.dps_sorted.end());
     nw.capacity = std::max<std::uint32_t>(1, reg->capacity);
     nw.connected_at_ms = now_ms;
     nw.last_seen_ms = now_ms;
@@ -868,23 +870,34 @@ void Core::Dispatch(std::int64_t now_ms) {
   // Round-robin over the DPs, one job per DP per turn, starting after the DP served last: a
   // worker serving several DPs must serve them all, even while a DP early in name order keeps
   // having ready jobs (it starved the others before).
+  // No string copies per DP and an early stop once no worker has credit left: with thousands
+  // of DPs ready, a freed credit must not cost a walk over all of them.
+  auto any_credit = [this] {
+    for (const auto& [peer, w] : workers_) {
+      if (!w.draining && w.running.size() < w.capacity) return true;
+    }
+    return false;
+  };
   bool progressed = true;
   while (progressed && !ready_.empty()) {
     progressed = false;
-    std::vector<std::string> turn;
-    turn.reserve(ready_.size());
-    for (auto q = ready_.upper_bound(dispatch_cursor_); q != ready_.end(); ++q) turn.push_back(q->first);
-    for (auto q = ready_.begin(); q != ready_.end() && q->first <= dispatch_cursor_; ++q) {
-      turn.push_back(q->first);
-    }
-    for (const std::string& dp : turn) {
-      auto q = ready_.find(dp);
-      if (q == ready_.end()) continue;
-      if (DispatchOne(dp, q->second, now_ms)) {
+    const std::string from = dispatch_cursor_;
+    auto visit = [&](std::map<std::string, std::set<std::pair<std::uint64_t, std::string>>>::iterator q) {
+      auto next = std::next(q);
+      if (DispatchOne(q->first, q->second, now_ms)) {
         progressed = true;
-        dispatch_cursor_ = dp;
+        dispatch_cursor_ = q->first;
       }
       if (q->second.empty()) ready_.erase(q);
+      return next;
+    };
+    for (auto q = ready_.upper_bound(from); q != ready_.end();) {
+      if (!any_credit()) return;
+      q = visit(q);
+    }
+    for (auto q = ready_.begin(); q != ready_.end() && q->first <= from;) {
+      if (!any_credit()) return;
+      q = visit(q);
     }
   }
 }
@@ -895,7 +908,7 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
   std::vector<std::string> peers;
   for (auto& [peer, w] : workers_) {
     if (w.draining || w.running.size() >= w.capacity) continue;
-    if (std::find(w.dps.begin(), w.dps.end(), dp) == w.dps.end()) continue;
+    if (!w.Serves(dp)) continue;
     eligible.push_back(&w);
     peers.push_back(peer);
   }
@@ -1000,7 +1013,7 @@ std::vector<std::string> Core::KnownDps() const { return known_dps_; }
 
 bool Core::DpOnline(const std::string& dp) const {
   for (const auto& [peer, w] : workers_) {
-    if (std::find(w.dps.begin(), w.dps.end(), dp) != w.dps.end()) return true;
+    if (w.Serves(dp)) return true;
   }
   return false;
 }

@@ -82,7 +82,7 @@ msg::StatsReply CoreStats(const Core& core) {
     d.deferred = active[2];
     reply.dps.push_back(std::move(d));
   }
-  reply.workers = static_cast<std::uint32_t>(core.Workers().size());
+  reply.workers = static_cast<std::uint32_t>(core.WorkerCount());
   reply.queue_depth = counts[static_cast<std::size_t>(msg::JobState::kQueued)];
   reply.retry_backlog = counts[static_cast<std::size_t>(msg::JobState::kDeferred)];
   reply.last_event_seq = core.LastEventSeq();

@@ -95,6 +95,7 @@ class Core {
 
   // Read side, for the query handlers.
   std::vector<msg::WorkerInfo> Workers() const;
+  std::size_t WorkerCount() const { return workers_.size(); }
   std::vector<std::string> KnownDps() const;
   bool DpOnline(const std::string& dp) const;
   std::uint64_t LastEventSeq() const { return last_event_seq_; }
@@ -140,7 +141,10 @@ class Core {
  private:
   struct Worker {
     std::string name;
-    std::vector<std::string> dps;
+    std::vector<std::string> dps;          // as registered
+    // Sorted copy: a worker may serve thousands of DPs, and dispatch and stats ask per DP.
+    std::vector<std::string> dps_sorted;
+    bool Serves(const std::string& dp) const { return std::binary_search(dps_sorted.begin(), dps_sorted.end(), dp); }
     std::uint32_t capacity = 1;
     std::set<std::string> running;       // job ids
     std::int64_t connected_at_ms = 0;
