@@ -13,14 +13,15 @@
 #include <climits>
 #include <condition_variable>
 #include <csignal>
-#include <deque>
-#include <exception>
-#include <thread>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <future>
 #include <random>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -145,12 +146,19 @@ struct Engine::Impl {
   // the side, so the interleaving changes nothing on disk; an exception in either (a test's
   // InjectedCrash) reaches the caller after both have finished.
   Status Beside(const std::function<Status()>& side, const std::function<void()>& main_fn) {
-    if (threads <= 1) {
+    std::future<Status> helper;
+    if (threads > 1) {
+      try {
+        helper = std::async(std::launch::async, side);
+      } catch (const std::system_error& e) {  // no thread to be had: do it here
+        Log()->warn("running a refresh pass without a helper thread: {}", e.what());
+      }
+    }
+    if (!helper.valid()) {
       Status s = side();
       main_fn();
       return s;
     }
-    std::future<Status> helper = std::async(std::launch::async, side);
     try {
       main_fn();
     } catch (...) {
@@ -635,7 +643,13 @@ struct Engine::Impl {
   class CopyPool {
    public:
     CopyPool(Impl& impl, Job& job, int helpers) : impl_(impl), job_(job) {
-      for (int t = 0; t < helpers; ++t) threads_.emplace_back([this] { HelperLoop(); });
+      try {
+        for (int t = 0; t < helpers; ++t) threads_.emplace_back([this] { HelperLoop(); });
+      } catch (const std::system_error& e) {
+        // Fewer helpers (none at worst: Drain then runs every copy on the refreshing thread).
+        Log()->warn("copying with {} helper thread(s) instead of {}: {}", threads_.size(),
+                    helpers, e.what());
+      }
     }
     ~CopyPool() {
       Quiesce();
