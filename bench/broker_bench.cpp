@@ -74,6 +74,7 @@ struct Options {
   int dps = 1;                     // --dps (deferred-scale)
   std::uint64_t defer_spread_ms = 0;  // --defer-spread-s: instruction i waits base + spread * i / N
   bool broker_child = false;       // --broker-child: the broker process of --deferred-scale
+  bool no_warm = false;            // --no-warm: the broker does not read parked rows ahead (comparison)
   std::string endpoints_file;      // --broker-child: where to write the bound endpoints
   std::string metrics_file;        // --broker-child: where to write the loop metrics at exit
   std::string frontend, backend, events;  // --broker-child: bind these (restart on the same ports)
@@ -368,6 +369,7 @@ int BrokerChild(const Options& o, broker::BrokerSettings s) {
   if (!o.backend.empty()) s.backend = o.backend;
   if (!o.events.empty()) s.events = o.events;
   s.endpoints_file = o.endpoints_file;
+  if (o.no_warm) s.warm_ahead_ms = 0;
   RunningBroker b;
   if (Status st = b.Start(s); !st.ok()) {
     std::fprintf(stderr, "broker child: %s\n", st.error().message.c_str());
@@ -407,6 +409,7 @@ class BrokerProcess {
       argv.insert(argv.end(), {"--frontend", frontend, "--backend", backend, "--events", events});
     }
     if (o.inline_commits) argv.push_back("--inline-commits");
+    if (o.no_warm) argv.push_back("--no-warm");
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
@@ -603,6 +606,7 @@ int main(int argc, char** argv) {
     else if (a == "--defer-spread-s") o.defer_spread_ms = std::stoull(next()) * 1000;
     else if (a == "--dps") o.dps = std::max(1, std::stoi(next()));
     else if (a == "--broker-child") o.broker_child = true;
+    else if (a == "--no-warm") o.no_warm = true;
     else if (a == "--endpoints-file") o.endpoints_file = next();
     else if (a == "--metrics-file") o.metrics_file = next();
     else if (a == "--frontend") o.frontend = next();
@@ -611,7 +615,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
                            "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--deferred-scale [--defer-base-s S] "
-                           "[--defer-spread-s S] [--dps D]]\n",
+                           "[--defer-spread-s S] [--dps D] [--no-warm]]\n",
                    argv[0]);
       return 2;
     }

@@ -19,6 +19,7 @@
 #include "despool/messages/codec.h"
 #include "despool/messages/topics.h"
 #include "queries.h"
+#include "row_warmer.h"
 
 namespace despool::broker {
 namespace {
@@ -121,7 +122,19 @@ class Broker::Impl {
   Status Start(BoundEndpoints& out) {
     // Active jobs stream from the store straight into the Core (a million deferred jobs are
     // never materialised as full records).
-    core_ = std::make_unique<Core>(s_.core, &reads());
+    CoreOptions core_options = s_.core;
+    if (reader_ && s_.warm_ahead_ms > 0 && s_.store_path != ":memory:" && !s_.store_path.empty()) {
+      // Parked jobs' rows are read ahead on the warmer's thread: a due retry's reload must not
+      // wait on the disk on this thread. Without it (no file, tests) nothing is announced.
+      auto warmer = RowWarmer::Start(s_.store_path, s_.store);
+      if (warmer.ok()) {
+        warmer_ = std::move(warmer).value();
+        core_options.warm_ahead_ms = s_.warm_ahead_ms;
+      } else {
+        log_->warn("cannot start the row warmer error={}", LogQuote(warmer.error().message));
+      }
+    }
+    core_ = std::make_unique<Core>(core_options, &reads());
     const std::int64_t load_now = NowMs();
     std::size_t active = 0;
     auto loaded = store_->Load([&](JobRecord&& r) {
@@ -284,6 +297,9 @@ class Broker::Impl {
       ++m_.rounds;
       // A fresh clock: the read phase took time, and due retries are measured against it.
       core_->Tick(NowMs());
+      if (warmer_) {
+        if (auto ids = core_->TakeWarm(); !ids.empty()) warmer_->Warm(std::move(ids));
+      }
       m_.tick_ns += Ns(std::chrono::steady_clock::now() - t2);
       // While a commit is in flight the round's changes keep accumulating in the Core's batch;
       // they go into the next transaction as soon as the current one is durable.
@@ -643,6 +659,7 @@ class Broker::Impl {
   std::unique_ptr<Store> store_;   // writes (used by the commit thread when there is one)
   std::unique_ptr<Store> reader_;  // optional second connection for reads on the loop thread
   std::unique_ptr<CommitThread> commit_thread_;
+  std::unique_ptr<RowWarmer> warmer_;  // reads parked jobs' rows ahead of their due time
   std::shared_ptr<spdlog::logger> log_;
   msg::DecodeLimits limits_;
   std::unique_ptr<Core> core_;

@@ -818,11 +818,37 @@ void Core::LoseWorker(const std::string& peer, const std::string& why, std::int6
 
 void Core::Tick(std::int64_t now_ms) {
   last_now_ms_ = now_ms;
-  // Due retries (at most kMaxDuePerTick; the rest next round).
+  // Announce what comes due soon, so its rows can be read ahead (warm_ahead_ms > 0).
+  if (opts_.warm_ahead_ms > 0) {
+    std::size_t announced = 0;
+    while (!due_.empty() && due_.top().first <= now_ms + opts_.warm_ahead_ms && announced < 4 * kMaxDuePerTick) {
+      const auto entry = due_.top();
+      due_.pop();
+      ++announced;
+      // (Already due: this Tick reads it anyway.)
+      if (auto p = parked_.find(entry.second);
+          entry.first > now_ms && p != parked_.end() && p->second.due_ms == entry.first) {
+        warm_.push_back(IdOf(entry.second));
+      }
+      // Nearly always at the back; a hint or a short deferral can land earlier.
+      soon_.insert(std::upper_bound(soon_.begin(), soon_.end(), entry), entry);
+    }
+  }
+  // Due retries (at most kMaxDuePerTick; the rest next round), the earliest of soon_ and due_.
   std::size_t moved = 0;
-  while (!due_.empty() && due_.top().first <= now_ms && moved < kMaxDuePerTick) {
-    const auto [due, seq] = due_.top();
-    due_.pop();
+  while (moved < kMaxDuePerTick) {
+    std::pair<std::int64_t, JobSeq> entry;
+    if (!soon_.empty() && (due_.empty() || soon_.front() <= due_.top())) {
+      if (soon_.front().first > now_ms) break;
+      entry = soon_.front();
+      soon_.pop_front();
+    } else if (!due_.empty() && due_.top().first <= now_ms) {
+      entry = due_.top();
+      due_.pop();
+    } else {
+      break;
+    }
+    const auto [due, seq] = entry;
     const std::string id = IdOf(seq);
     if (auto p = parked_.find(seq); p != parked_.end()) {
       if (p->second.due_ms != due) continue;  // rescheduled (a hint)
@@ -967,8 +993,10 @@ bool Core::DispatchOne(const std::string& dp, std::set<std::pair<std::uint64_t, 
 }
 
 std::optional<std::int64_t> Core::NextDue() const {
-  if (due_.empty()) return std::nullopt;
-  return due_.top().first;
+  std::optional<std::int64_t> next;
+  if (!soon_.empty()) next = soon_.front().first;
+  if (!due_.empty() && (!next || due_.top().first < *next)) next = due_.top().first;
+  return next;
 }
 
 std::optional<std::int64_t> Core::NextDeadline() const {
@@ -976,7 +1004,8 @@ std::optional<std::int64_t> Core::NextDeadline() const {
   auto consider = [&](std::int64_t t) {
     if (!next || t < *next) next = t;
   };
-  if (!due_.empty()) consider(due_.top().first);
+  if (!soon_.empty()) consider(soon_.front().first);
+  if (!due_.empty()) consider(due_.top().first - std::max<std::int64_t>(0, opts_.warm_ahead_ms));
   for (const auto& [peer, w] : workers_) {
     consider(w.last_sent_ms + opts_.heartbeat_interval_ms);
     consider(w.last_seen_ms + opts_.heartbeat_interval_ms * static_cast<std::int64_t>(opts_.liveness) + 1);

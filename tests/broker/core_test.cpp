@@ -657,6 +657,61 @@ TEST(Core, ADueJobParkedAtStartComesBackInFull) {
   std::remove(path.c_str());
 }
 
+TEST(Core, ParkedJobsAreAnnouncedForWarmingAheadAndStillComeDueOnTime) {
+  CoreOptions o = CoreHarness::DefaultOptions();
+  o.warm_ahead_ms = 1000;
+  CoreHarness h(o);
+  h.Register("w1", {"dp1"}, 4);
+  msg::RetryPolicy p;
+  p.retry_base_ms = 5000;
+  p.retry_max_ms = 5000;
+  auto first = h.Submit(h.Refresh("a", 1, {"dp1"}, p))[0];
+  auto second = h.Submit(h.Refresh("b", 1, {"dp1"}, p))[0];
+  h.Round();
+  ASSERT_EQ(h.TakeDispatches("w1").size(), 2u);
+  h.Result("w1", first, 1, Outcome::kDeferred, {"f"});
+  h.Advance(300);
+  h.Result("w1", second, 1, Outcome::kDeferred, {"g"});
+  const std::int64_t due1 = *h.Job(first).next_attempt_at_ms;
+  const std::int64_t due2 = *h.Job(second).next_attempt_at_ms;
+  ASSERT_EQ(due2, due1 + 300);
+  (void)h.core().TakeWarm();
+  h.now = due1 - 1001;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_TRUE(h.core().TakeWarm().empty());
+  h.now = due1 - 1000;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_EQ(h.core().TakeWarm(), std::vector<std::string>{first});
+  EXPECT_EQ(*h.core().NextDue(), due1);
+  h.now = due2 - 1000;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_EQ(h.core().TakeWarm(), std::vector<std::string>{second});  // each announced once
+  // A release hint makes the second one due now, ahead of its announced entry.
+  h.core().OnWorkerMessage("w1", msg::ReleaseHint{second, 1}, h.now);
+  h.Round();
+  EXPECT_EQ(h.Job(second).state, JobState::kRunning);
+  EXPECT_EQ(h.Job(first).state, JobState::kDeferred);
+  h.now = due1 - 1;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_EQ(h.Job(first).state, JobState::kDeferred);
+  h.now = due1;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_EQ(h.Job(first).state, JobState::kRunning);
+  EXPECT_EQ(h.core().DueLateness().count, 2u);
+  EXPECT_EQ(h.core().DueLateness().max_ms, 0);
+  // The second one's stale entry (before the hint) moves nothing when its old time comes.
+  h.now = due2;
+  h.Heartbeat("w1");
+  h.Round();
+  EXPECT_EQ(h.core().DueLateness().count, 2u);
+  EXPECT_TRUE(h.core().TakeWarm().empty());
+}
+
 TEST(StringInterner, SharesIdsCountsReferencesAndReusesFreedIds) {
   StringInterner n;
   const auto a = n.Acquire("dp-a");

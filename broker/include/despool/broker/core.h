@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <queue>
@@ -46,6 +47,10 @@ struct CoreOptions {
   // A job found running at start (or on a worker that re-registered) waits this long for its
   // worker's result before it is requeued. 0 = 2 x liveness x interval.
   std::int64_t orphan_grace_ms = 0;
+  // > 0: deferred jobs due within this many ms are announced through TakeWarm() ahead of time,
+  // so the broker can have their rows read on another thread first (a parked job is reloaded
+  // from the store when it comes due; a cold page cache must not stall the loop then).
+  std::int64_t warm_ahead_ms = 0;
   std::uint64_t rng_seed = 0;                                    // 0 = random
 };
 
@@ -88,6 +93,8 @@ class Core {
   // looked up there before the store (retry/cancel/stale results).
   void SetInFlight(const WriteBatch* batch) { in_flight_ = batch; }
   std::vector<ToWorker> TakeWorkerOutbox();
+  // Ids of parked jobs coming due within warm_ahead_ms (each announced once).
+  std::vector<std::string> TakeWarm() { return std::exchange(warm_, {}); }
   // Progress events (never stored). State events travel in the WriteBatch: the loop publishes
   // them once the batch is committed.
   std::vector<msg::Event> TakeEvents();
@@ -250,6 +257,10 @@ class Core {
   std::priority_queue<std::pair<std::int64_t, JobSeq>, std::vector<std::pair<std::int64_t, JobSeq>>,
                       std::greater<>>
       due_;
+  // Entries taken from due_ ahead of time (due within warm_ahead_ms), sorted by due; due
+  // retries are taken from here and from due_, the earlier first.
+  std::deque<std::pair<std::int64_t, JobSeq>> soon_;
+  std::vector<std::string> warm_;
   std::unordered_map<std::string, std::string> running_peer_;  // job id -> worker peer
   std::map<std::string, std::int64_t> orphans_;                // running job id -> requeue at
   std::map<std::string, Worker> workers_;                      // by peer

@@ -48,6 +48,9 @@ struct BrokerSettings {
   int events_hwm = 100'000;
   // Messages handled per poll round before committing (bounds latency under load).
   std::size_t max_round_messages = 8192;
+  // Parked jobs' store rows are read this long before their due time on a thread of their own
+  // (pipelined mode, file store), so a due retry's reload finds them in the page cache; 0 = off.
+  std::int64_t warm_ahead_ms = 1000;
   // Replies larger than the application limit are cut (status --limit 0 on a big queue).
   std::size_t max_reply_jobs = 10'000;
 };
