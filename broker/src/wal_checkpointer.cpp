@@ -2,11 +2,14 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 
 #include "despool/common/logging.h"
 
@@ -34,11 +37,13 @@ Result<std::unique_ptr<WalCheckpointer>> WalCheckpointer::Start(const std::strin
     sqlite3_close(db);
     return MakeError(ErrorCode::kIo, "set up checkpoint connection: " + m);
   }
-  return std::unique_ptr<WalCheckpointer>(new WalCheckpointer(db, threshold_pages));
+  // For the fsyncs SQLite skips (see Loop); without it those pages wait for the next full pass.
+  const int db_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  return std::unique_ptr<WalCheckpointer>(new WalCheckpointer(db, db_fd, threshold_pages));
 }
 
-WalCheckpointer::WalCheckpointer(sqlite3* db, int threshold_pages)
-    : db_(db), threshold_(threshold_pages), thread_([this] { Loop(); }) {}
+WalCheckpointer::WalCheckpointer(sqlite3* db, int db_fd, int threshold_pages)
+    : db_(db), db_fd_(db_fd), threshold_(threshold_pages), thread_([this] { Loop(); }) {}
 
 WalCheckpointer::~WalCheckpointer() {
   {
@@ -48,6 +53,7 @@ WalCheckpointer::~WalCheckpointer() {
   cv_.notify_all();
   thread_.join();
   sqlite3_close(db_);
+  if (db_fd_ >= 0) ::close(db_fd_);
 }
 
 void WalCheckpointer::Notify(int frames) {
@@ -111,6 +117,14 @@ void WalCheckpointer::Loop() {
     const auto ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) log->warn("wal checkpoint failed error={}", LogQuote(sqlite3_errmsg(db_)));
+    // SQLite fsyncs the database file only after a pass that found nothing committed meanwhile.
+    // Under steady commits most passes are not such a pass, and the pages they copied would pile
+    // up unsynced until one is, or until the writer checkpoints itself: then one long fsync
+    // (10+ ms measured), on the ack path in the writer's case. Flush them here, in the
+    // background, so the final sync only has the last pass's pages to write.
+    if (rc == SQLITE_OK && backfilled > 0 && db_fd_ >= 0 && ::fdatasync(db_fd_) != 0) {
+      log->warn("fdatasync of the database failed error={}", LogQuote(std::strerror(errno)));
+    }
     lock.lock();
     running_ = false;
     if (rc == SQLITE_OK && log_frames > 0) last_pass_frames_ = log_frames;

@@ -62,10 +62,11 @@ class WalCheckpointer {
   };
 
  private:
-  WalCheckpointer(sqlite3* db, int threshold_pages);
+  WalCheckpointer(sqlite3* db, int db_fd, int threshold_pages);
   void Loop();
 
   sqlite3* db_;
+  const int db_fd_;  // the database file, read-only, to fsync it (-1: could not open)
   const int threshold_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
