@@ -53,7 +53,7 @@ std::string FormatRfc3339Ms(std::int64_t ms_since_epoch) {
   const int sec = static_cast<int>(in_day % 60);
   const int min = static_cast<int>((in_day / 60) % 60);
   const int hour = static_cast<int>(in_day / 3600);
-  char buf[32];
+  char buf[64];  // room for any int the compiler cannot bound (-Wformat-truncation)
   std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ",
                 static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
                 static_cast<unsigned>(ymd.day()), hour, min, sec, millis);

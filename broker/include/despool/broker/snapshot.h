@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "despool/broker/store.h"
 #include "despool/messages/types.h"
 
 namespace despool::broker {
@@ -30,6 +31,10 @@ struct Snapshot {
   std::vector<DpSnapshot> dps;                 // known DPs, in first-seen order
   std::uint64_t last_event_seq = 0;
   std::uint64_t active_jobs = 0;               // queued + running + deferred held by the Core
+  // Job counts by state and per DP as the Core keeps them, so HTTP readers never count the jobs
+  // table (a scan of a million rows per scrape). oldest_queued_at_ms is left empty: readers look
+  // it up in the store (an index lookup).
+  StoreCounts job_counts;
   // Due retries: how late (after their due time) deferred jobs became queued, cumulative counts
   // per bound in seconds (the Core keeps a millisecond histogram; values >= 1 s land in +Inf).
   std::vector<double> lateness_bounds;
