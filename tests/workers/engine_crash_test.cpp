@@ -146,7 +146,8 @@ void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
   std::cout << "[          ] " << calls.size() << " call points\n";
   std::set<std::string> ops;
   for (const auto& c : calls) ops.insert(c.op);
-  for (const char* op : {"RenameAt2", "LinkAt", "CopyFileRange", "Syncfs", "Fsync", "UnlinkAt"}) {
+  for (const char* op : {"RenameAt2", "LinkAt", "CopyFileRange", "SyncFileRange", "Syncfs", "Fsync",
+                         "UnlinkAt"}) {
     if (first_install && std::string(op) == "LinkAt") continue;
     EXPECT_TRUE(ops.count(op)) << op << " never called: the recording is incomplete";
   }

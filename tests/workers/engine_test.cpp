@@ -457,6 +457,22 @@ TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
   EXPECT_KIND(out, OutcomeKind::kApplied);
   EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
   EXPECT_EQ(Strays(root, "pkg"), "");
+  // Starting a staged file's writeback early is only a head start (the syncfs before the
+  // switch writes and checks everything): its failure is not the refresh's.
+  root = tmp / "dp-sfr";
+  fs::create_directories(root);
+  FaultInjectingOs no_sfr;
+  no_sfr.set_recording(true);
+  no_sfr.AddRule(FaultRule{"SyncFileRange", 1, FaultRule::Action::kFail, EIO, true});
+  auto se = MakeEngine(&no_sfr);
+  ASSERT_EQ(Run(*se, 1, v1).kind, OutcomeKind::kApplied);
+  out = Run(*se, 2, v2);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(Diff(Snap(v2), Snap(Live())), "");
+  EXPECT_EQ(Strays(root, "pkg"), "");
+  size_t sfr = 0;
+  for (const auto& c : no_sfr.calls()) sfr += c.op == "SyncFileRange";
+  EXPECT_GT(sfr, 0u) << "the rule never fired";
 }
 
 TEST_F(EngineTest, SourceChangingDuringTheCopyIsRetryable) {

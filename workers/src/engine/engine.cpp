@@ -501,8 +501,11 @@ struct Engine::Impl {
   // Copies one regular file into the staged dir; returns its content hash and inode. `buf` is
   // the calling thread's; progress goes to `job` only on the refreshing thread (on_main), the
   // caller counts the copy in job.stats.
+  // `written`, when given, receives the staged file's descriptor (for CopyPool's writeback
+  // starter); without it the writeback is started here.
   Status CopyFile(Job& job, int src_dir, int dst_dir, const SrcEntry& e, IoBuffer& buf,
-                  bool on_main, std::uint64_t* hash, ino_t* ino, bool* cancelled) {
+                  bool on_main, std::uint64_t* hash, ino_t* ino, bool* cancelled,
+                  Fd* written = nullptr) {
     int raw = os.OpenAt(src_dir, e.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
     if (raw < 0) {
       if (errno == ELOOP || errno == ENOENT) return SourceChanged(e.path);
@@ -573,8 +576,20 @@ struct Engine::Impl {
     if (os.Fstat(dst.get(), &staged) != 0) return SysError("stat staged " + e.path, errno);
     if (static_cast<std::uint64_t>(staged.st_size) != size) return SourceChanged(e.path);
     *ino = staged.st_ino;
+    if (written != nullptr) {
+      *written = std::move(dst);
+    } else {
+      StartWriteback(dst.get());
+    }
     return Status::Ok();
   }
+
+  // Starts (does not wait for) the writeback of a finished staged file, so the disk works
+  // while later files are copied instead of all of it waiting for the syncfs before the
+  // switch (the dirty limits here are far above a package: the kernel would not start it
+  // itself). Only a head start: durability still comes from that syncfs, which also reports
+  // any writeback error (so a failure here is ignored).
+  void StartWriteback(int fd) { (void)os.SyncFileRange(fd, 0, 0, SYNC_FILE_RANGE_WRITE); }
 
   // Quick check: link source file i from the live tree? Returns the manifest entry that
   // vouches for the live file (nullptr: copy).
@@ -644,6 +659,11 @@ struct Engine::Impl {
    public:
     CopyPool(Impl& impl, Job& job, int helpers) : impl_(impl), job_(job) {
       try {
+        writeback_ = std::thread([this] { WritebackLoop(); });
+      } catch (const std::system_error& e) {
+        Log()->warn("starting writeback on the copying threads: {}", e.what());
+      }
+      try {
         for (int t = 0; t < helpers; ++t) threads_.emplace_back([this] { HelperLoop(); });
       } catch (const std::system_error& e) {
         // Fewer helpers (none at worst: Drain then runs every copy on the refreshing thread).
@@ -659,6 +679,14 @@ struct Engine::Impl {
       }
       work_cv_.notify_all();
       for (auto& t : threads_) t.join();
+      StopWriteback();
+    }
+
+    // Stops the writeback starter (files still waiting for theirs are left to the syncfs);
+    // rethrows an exception it caught (a test's InjectedCrash). Call once no copy runs.
+    void FinishWriteback() {
+      StopWriteback();
+      if (wb_exception_) std::rethrow_exception(std::exchange(wb_exception_, nullptr));
     }
 
     // Drops queued copies and waits for running ones: afterwards no helper uses any descriptor
@@ -722,6 +750,52 @@ struct Engine::Impl {
 
     bool failed() const { return !error_.ok() || exception_ || cancelled_; }
 
+    // Starts the writeback of copied files on its own thread: sync_file_range can wait for
+    // the device queue (and ext4 allocates the blocks in it), which the copies should not.
+    // Without this thread (it could not be started) the copying thread starts it itself.
+    void Written(Fd fd) {
+      if (!writeback_.joinable()) {
+        impl_.StartWriteback(fd.get());
+        return;
+      }
+      {
+        std::lock_guard lock(wb_mu_);
+        wb_queue_.push_back(std::move(fd));
+      }
+      wb_cv_.notify_one();
+    }
+
+    void WritebackLoop() {
+      std::unique_lock lock(wb_mu_);
+      for (;;) {
+        wb_cv_.wait(lock, [&] { return wb_stop_ || !wb_queue_.empty(); });
+        if (wb_stop_) return;
+        Fd fd = std::move(wb_queue_.front());
+        wb_queue_.pop_front();
+        lock.unlock();
+        try {
+          impl_.StartWriteback(fd.get());
+        } catch (...) {
+          lock.lock();
+          wb_exception_ = std::current_exception();
+          wb_queue_.clear();
+          return;
+        }
+        fd.Reset();
+        lock.lock();
+      }
+    }
+
+    void StopWriteback() noexcept {
+      {
+        std::lock_guard lock(wb_mu_);
+        wb_stop_ = true;
+        wb_queue_.clear();
+      }
+      wb_cv_.notify_all();
+      if (writeback_.joinable()) writeback_.join();
+    }
+
     void HelperLoop() {
       IoBuffer buf;
       std::unique_lock lock(mu_);
@@ -752,8 +826,10 @@ struct Engine::Impl {
         try {
           if (task.clear_first) s = internal::RemoveTree(impl_.os, task.dst_dir, e.name);
           if (s.ok()) {
+            Fd written;
             s = impl_.CopyFile(job_, task.src_dir, task.dst_dir, e, buf, on_main, &d.hash,
-                               &d.ino, &cancelled);
+                               &d.ino, &cancelled, &written);
+            if (written.valid()) Written(std::move(written));
           }
           if (s.ok() && !cancelled) s = impl_.CheckRepairContent(job_, e, d.hash);
         } catch (...) {
@@ -780,6 +856,12 @@ struct Engine::Impl {
     bool cancelled_ = false;
     bool stop_ = false;
     std::vector<std::thread> threads_;
+    std::mutex wb_mu_;
+    std::condition_variable wb_cv_;
+    std::deque<Fd> wb_queue_;
+    bool wb_stop_ = false;
+    std::exception_ptr wb_exception_;
+    std::thread writeback_;
   };
   IoBuffer& job_buf(Job& job) { return job.buf; }
 
@@ -870,6 +952,7 @@ struct Engine::Impl {
     // The walk left no copy running; this surfaces a helper's error or exception (a test's
     // InjectedCrash must stop the refresh as a kill -9 would, whichever thread it hit).
     Status drained = pool.Drain(cancelled);
+    pool.FinishWriteback();
     return s.ok() ? drained : s;
   }
 

@@ -156,6 +156,11 @@ int FaultInjectingOs::Fsync(int fd) {
 int FaultInjectingOs::Syncfs(int fd) {
   return Run<int>("Syncfs", nullptr, [&] { return sync_noop_ ? 0 : inner_.Syncfs(fd); });
 }
+int FaultInjectingOs::SyncFileRange(int fd, off_t offset, off_t nbytes, unsigned int flags) {
+  return Run<int>("SyncFileRange", nullptr, [&] {
+    return sync_noop_ ? 0 : inner_.SyncFileRange(fd, offset, nbytes, flags);
+  });
+}
 ssize_t FaultInjectingOs::CopyFileRange(int fd_in, off_t* off_in, int fd_out, off_t* off_out,
                                         size_t len, unsigned int flags) {
   return Run<ssize_t>("CopyFileRange", nullptr, [&] {

@@ -44,6 +44,9 @@ class RealOsImpl final : public Os {
   int Fstatvfs(int fd, struct statvfs* st) override { return ::fstatvfs(fd, st); }
   int Fsync(int fd) override { return ::fsync(fd); }
   int Syncfs(int fd) override { return ::syncfs(fd); }
+  int SyncFileRange(int fd, off_t offset, off_t nbytes, unsigned int flags) override {
+    return ::sync_file_range(fd, offset, nbytes, flags);
+  }
   ssize_t CopyFileRange(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len,
                         unsigned int flags) override {
     return ::copy_file_range(fd_in, off_in, fd_out, off_out, len, flags);

@@ -48,6 +48,7 @@ class Os {
   virtual int Fstatvfs(int fd, struct statvfs* st) = 0;
   virtual int Fsync(int fd) = 0;
   virtual int Syncfs(int fd) = 0;
+  virtual int SyncFileRange(int fd, off_t offset, off_t nbytes, unsigned int flags) = 0;
   virtual ssize_t CopyFileRange(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len,
                                 unsigned int flags) = 0;
   virtual ssize_t Read(int fd, void* buf, size_t count) = 0;
@@ -101,7 +102,7 @@ class FaultInjectingOs : public Os {
   void AddRule(FaultRule rule);
   void ClearRules();
   void set_recording(bool on);
-  // Fsync/Syncfs still count as call points but do nothing (fast tests: a simulated crash
+  // Fsync/Syncfs/SyncFileRange still count as call points but do nothing (fast tests: a simulated crash
   // is a kill -9, for which the page cache survives).
   void set_sync_noop(bool on);
   // Called after every call point has executed (outside the lock, on the calling thread):
@@ -126,6 +127,7 @@ class FaultInjectingOs : public Os {
   int Fstatvfs(int fd, struct statvfs* st) override;
   int Fsync(int fd) override;
   int Syncfs(int fd) override;
+  int SyncFileRange(int fd, off_t offset, off_t nbytes, unsigned int flags) override;
   ssize_t CopyFileRange(int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len,
                         unsigned int flags) override;
   ssize_t Read(int fd, void* buf, size_t count) override;
