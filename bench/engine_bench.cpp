@@ -54,6 +54,7 @@ struct Flags {
   bool cold = true;
   int repeat = 0;
   bool engine_only = false;
+  int threads = 0;  // 0: EngineConfig's default
 };
 
 double Secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -403,10 +404,11 @@ int main(int argc, char** argv) {
     else if (a == "--no-cold") f.cold = false;
     else if (a == "--repeat") f.repeat = std::stoi(next());
     else if (a == "--engine-only") f.engine_only = true;
+    else if (a == "--threads") f.threads = std::stoi(next());
     else {
       std::fprintf(stderr,
                    "usage: engine_bench [--files N] [--total-mib M] [--dirs D] [--changed-pct P] "
-                   "[--dir PATH] [--keep] [--no-cold] [--repeat N] [--engine-only]\n");
+                   "[--dir PATH] [--keep] [--no-cold] [--repeat N] [--engine-only] [--threads T]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -478,7 +480,9 @@ int main(int argc, char** argv) {
     const char* label = cold ? "cold" : "warm";
     std::string r = w + "/" + label;
     fs::create_directories(r + "/dp");
-    Engine engine;
+    despool::workers::EngineConfig config;
+    if (f.threads > 0) config.threads = f.threads;
+    Engine engine(config);
     auto prep = [&] {
       if (cold) DropCaches();
     };
