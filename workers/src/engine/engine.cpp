@@ -682,10 +682,12 @@ struct Engine::Impl {
       StopWriteback();
     }
 
-    // Stops the writeback starter (files still waiting for theirs are left to the syncfs);
-    // rethrows an exception it caught (a test's InjectedCrash). Call once no copy runs.
+    // Starts the writeback of the files still waiting for theirs, stops the starter and
+    // rethrows an exception it caught (a test's InjectedCrash). Call once no copy runs. Every
+    // copied file gets its call, however the threads were scheduled: the calls a refresh makes
+    // (which the crash tests enumerate) do not depend on timing, and a call only queues I/O.
     void FinishWriteback() {
-      StopWriteback();
+      StopWriteback(/*drain=*/true);
       if (wb_exception_) std::rethrow_exception(std::exchange(wb_exception_, nullptr));
     }
 
@@ -769,7 +771,7 @@ struct Engine::Impl {
       std::unique_lock lock(wb_mu_);
       for (;;) {
         wb_cv_.wait(lock, [&] { return wb_stop_ || !wb_queue_.empty(); });
-        if (wb_stop_) return;
+        if (wb_queue_.empty()) return;  // stopped, and nothing (left) to drain
         Fd fd = std::move(wb_queue_.front());
         wb_queue_.pop_front();
         lock.unlock();
@@ -786,11 +788,12 @@ struct Engine::Impl {
       }
     }
 
-    void StopWriteback() noexcept {
+    // Without `drain` (an abandoned staging) the files still queued are dropped.
+    void StopWriteback(bool drain = false) noexcept {
       {
         std::lock_guard lock(wb_mu_);
         wb_stop_ = true;
-        wb_queue_.clear();
+        if (!drain) wb_queue_.clear();
       }
       wb_cv_.notify_all();
       if (writeback_.joinable()) writeback_.join();
