@@ -73,18 +73,7 @@ class BrokerProcess {
       args.push_back(cfg);
     }
     pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
+    if (pid_ == 0) testsupport::ExecWithOutputTo(std::move(args), log_path());
     if (pid_ < 0) return false;
     const bool up = WaitFor(
         [&] {

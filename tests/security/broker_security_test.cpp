@@ -320,19 +320,10 @@ TEST_F(SecureBroker, DespoolctlAndWorkerUseTheirKeyFiles) {
   std::filesystem::create_directories(dir / "dp-a");
   const pid_t worker_pid = ::fork();
   if (worker_pid == 0) {
-    const int fd = ::open((dir / "worker.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    std::vector<std::string> args = {BinDir() + "/despool-worker", "--broker", broker->backend, "--dp",
-                                     "a=" + (dir / "dp-a"), "--name", "secure-worker", "--curve-server-key",
-                                     ring.PublicKeyPath(), "--curve-key", dir / "wk.key"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
+    testsupport::ExecWithOutputTo({BinDir() + "/despool-worker", "--broker", broker->backend, "--dp",
+                                   "a=" + (dir / "dp-a"), "--name", "secure-worker", "--curve-server-key",
+                                   ring.PublicKeyPath(), "--curve-key", dir / "wk.key"},
+                                  dir / "worker.log");
   }
   ASSERT_GT(worker_pid, 0);
   CurveClient root(ctx, broker->frontend, ring.ClientOf(admin));

@@ -150,18 +150,7 @@ inline int RunProgram(std::vector<std::string> args, std::string* output, std::c
   TempDir tmp;
   const std::string out_path = tmp / "out";
   const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  if (pid == 0) testsupport::ExecWithOutputTo(std::move(args), out_path, /*append=*/false);
   if (pid < 0) return -1;
   int status = 0;
   const bool done = WaitFor([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, timeout);

@@ -2,13 +2,16 @@
 // binaries are.
 #pragma once
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace despool::testsupport {
 
@@ -51,5 +54,21 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// For a forked child: sends its stdout and stderr to `log` (appended to, or truncated first)
+// and execs args[0] with `args`. Never returns: exit status 127 when the exec fails.
+[[noreturn]] inline void ExecWithOutputTo(std::vector<std::string> args, const std::string& log,
+                                          bool append = true) {
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
+  if (fd >= 0) {
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+  }
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  ::execv(argv[0], argv.data());
+  ::_exit(127);
+}
 
 }  // namespace despool::testsupport
