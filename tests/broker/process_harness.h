@@ -24,6 +24,7 @@
 #include <zmq.hpp>
 
 #include "support/test_support.h"
+#include "support/zmq_wait.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/types.h"
 
@@ -169,17 +170,13 @@ class Peer {
   // The next decodable envelope within `timeout`.
   std::optional<msg::Envelope> Recv(std::chrono::milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    while (true) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() < 0) return std::nullopt;
-      std::vector<zmq_pollitem_t> items = {{sock_.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, left);
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+    while (testsupport::WaitReadable(sock_, deadline)) {
       zmq::message_t m;
       if (!sock_.recv(m, zmq::recv_flags::dontwait)) continue;
       auto d = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()), Limits());
       if (d.ok()) return std::move(d.value());
     }
+    return std::nullopt;
   }
 
   static msg::DecodeLimits Limits() {

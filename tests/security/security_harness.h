@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "broker/process_harness.h"
+#include "support/zmq_wait.h"
 #include "despool/common/curve.h"
 
 namespace despool::security_testing {
@@ -97,10 +98,7 @@ class CurveClient {
   }
   std::optional<msg::Envelope> Recv(std::chrono::milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      std::vector<zmq_pollitem_t> items = {{sock_.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+    while (testsupport::WaitReadable(sock_, deadline)) {
       zmq::message_t m;
       if (!sock_.recv(m, zmq::recv_flags::dontwait)) continue;
       auto d = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()), Peer::Limits());

@@ -29,6 +29,7 @@
 #include <zmq.hpp>
 
 #include "support/test_support.h"
+#include "support/zmq_wait.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/types.h"
 
@@ -246,12 +247,7 @@ class Frontend {
     const std::string payload = msg::Encode(msg::Envelope{msg::kProtocolVersion, id, std::move(body)});
     sock_->send(zmq::buffer(payload), zmq::send_flags::none);
     const auto deadline = Clock::now() + timeout;
-    for (;;) {
-      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) break;
-      std::vector<zmq_pollitem_t> items{{sock_->handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, left);
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+    while (testsupport::WaitReadable(*sock_, deadline)) {
       zmq::message_t m;
       if (!sock_->recv(m, zmq::recv_flags::dontwait)) continue;
       auto decoded = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()));
