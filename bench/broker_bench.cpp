@@ -71,6 +71,7 @@ struct Options {
   bool deferred_scale = false;
   bool inline_commits = false;     // --inline-commits: no commit thread (for comparison)
   int wal_max_pages = 0;           // --wal-max-pages N: SqliteOptions::wal_max_pages (0: default)
+  int wal_checkpoint_pages = 0;    // --wal-checkpoint-pages N: SqliteOptions::wal_checkpoint_pages (0: default)
   std::uint64_t defer_base_ms = 120'000;
   int dps = 1;                     // --dps (deferred-scale)
   std::uint64_t defer_spread_ms = 0;  // --defer-spread-s: instruction i waits base + spread * i / N
@@ -603,6 +604,7 @@ int main(int argc, char** argv) {
     else if (a == "--deferred-scale") o.deferred_scale = true;
     else if (a == "--inline-commits") o.inline_commits = true;
     else if (a == "--wal-max-pages") o.wal_max_pages = std::stoi(next());
+    else if (a == "--wal-checkpoint-pages") o.wal_checkpoint_pages = std::stoi(next());
     else if (a == "--defer-base-s") o.defer_base_ms = std::stoull(next()) * 1000;
     else if (a == "--defer-base-ms") o.defer_base_ms = std::stoull(next());
     else if (a == "--defer-spread-s") o.defer_spread_ms = std::stoull(next()) * 1000;
@@ -616,7 +618,7 @@ int main(int argc, char** argv) {
     else if (a == "--events") o.events = next();
     else {
       std::fprintf(stderr, "usage: %s [--instructions N] [--publishers P] [--inflight K] [--workers W] "
-                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--wal-max-pages N] [--deferred-scale [--defer-base-s S] "
+                           "[--capacity C] [--sync full|normal] [--dir DIR] [--rate R] [--inline-commits] [--wal-max-pages N] [--wal-checkpoint-pages N] [--deferred-scale [--defer-base-s S] "
                            "[--defer-spread-s S] [--dps D] [--no-warm]]\n",
                    argv[0]);
       return 2;
@@ -639,6 +641,7 @@ int main(int argc, char** argv) {
   s.store_path = o.dir + "/broker.db";
   s.store.sync = o.sync_full ? broker::SyncMode::kFull : broker::SyncMode::kNormal;
   if (o.wal_max_pages > 0) s.store.wal_max_pages = o.wal_max_pages;
+  if (o.wal_checkpoint_pages > 0) s.store.wal_checkpoint_pages = o.wal_checkpoint_pages;
   s.core.dps = AllDps(o);
   if (o.broker_child) return BrokerChild(o, s);
   if (o.deferred_scale) {

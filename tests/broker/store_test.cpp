@@ -221,6 +221,54 @@ TEST_F(StoreTest, ListsNonTerminalFirstThenRecentTerminalWithFilters) {
   EXPECT_EQ(counts->active_by_dp["y"][0], 1u);
 }
 
+// Events for `count` seqs after `*seq`, in one batch.
+WriteBatch EventBatch(std::uint64_t* seq, int count) {
+  WriteBatch b;
+  for (int i = 0; i < count; ++i) {
+    msg::Event e;
+    e.seq = ++*seq;
+    e.job.id = "e-1";
+    e.job.dp = "a";
+    e.job.package = "p";
+    e.job.source = "/src/p";
+    b.events.push_back(e);
+  }
+  return b;
+}
+
+// Pruning runs inside each batch's transaction and takes a bounded slice, so a large backlog
+// (here: the retention lowered across a restart) drains over several commits instead of one
+// long delete on the ack path.
+TEST_F(StoreTest, EventBacklogIsPrunedInBoundedSlicesPerCommit) {
+  std::uint64_t seq = 0;
+  {
+    SqliteOptions wide;
+    wide.events_retention = 100000;
+    auto s = Open(wide);
+    for (int round = 0; round < 30; ++round) ASSERT_TRUE(s->Commit(EventBatch(&seq, 100)).ok());
+  }
+  SqliteOptions narrow;
+  narrow.events_retention = 100;
+  auto s = Open(narrow);
+  ASSERT_TRUE(s->Load().ok());
+  std::uint64_t oldest = 1;
+  int commits = 0;
+  while (oldest + 100 + 10 < seq + 1) {
+    ASSERT_TRUE(s->Commit(EventBatch(&seq, 10)).ok());
+    auto page = s->EventsSince(0, 0, std::nullopt, std::nullopt);
+    ASSERT_TRUE(page.ok()) << page.error().message;
+    // Never more than 2 x 10 + 512 rows in one commit, and always some while over the window.
+    EXPECT_GT(page->oldest_seq, oldest);
+    EXPECT_LE(page->oldest_seq, oldest + 2 * 10 + 512);
+    EXPECT_EQ(page->events.front().seq, page->oldest_seq);
+    EXPECT_EQ(page->events.size(), seq - page->oldest_seq + 1);
+    oldest = page->oldest_seq;
+    ASSERT_LT(++commits, 20) << "the backlog does not drain";
+  }
+  EXPECT_GE(commits, 5);  // 3,000 rows at most 532 a commit
+  EXPECT_EQ(seq - oldest + 1, 100u);
+}
+
 TEST_F(StoreTest, EventRetentionPrunesTheOldestAndSaysSo) {
   SqliteOptions o;
   o.events_retention = 100;
