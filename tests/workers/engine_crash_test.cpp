@@ -34,6 +34,7 @@ class CrashTest : public ::testing::Test {
     c.probe = std::make_shared<FakeProbe>();
     c.checkpoint = std::move(checkpoint);
     c.threads = engine_threads;
+    c.seed_spare = seed_spare;
     return std::make_unique<Engine>(c);
   }
 
@@ -88,6 +89,8 @@ class CrashTest : public ::testing::Test {
   // their (read-only, or copy) calls differently from run to run, so "crash at call n" hits
   // whatever call comes n-th: still a crash at some point of the refresh, with helpers running.
   int engine_threads = 1;
+  // Whether a first install seeds the package's spare (EngineConfig::seed_spare).
+  bool seed_spare = true;
   CrashTest() { nosync.set_sync_noop(true); }
 };
 
@@ -104,7 +107,9 @@ void MakePair(const std::string& v1, const std::string& v2) {
 }
 
 // with_spare: v0 was installed before v1, so the v2 staging starts from the retired v0 tree,
-// which has an extra file, an extra dir, and a file where v2 has a directory.
+// which has an extra file, an extra dir, and a file where v2 has a directory. Without it the
+// v2 staging starts from the spare the v1 install seeded (t->seed_spare), or from scratch.
+// A first install with t->seed_spare includes the seeding's calls.
 void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
                      bool with_spare = false) {
   std::string v0 = t->tmp / "v0", v1 = t->tmp / "v1", v2 = t->tmp / "v2";
@@ -126,7 +131,7 @@ void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
       auto e = t->MakeEngine();
       ASSERT_EQ(e->Refresh(Request(root, 1, v1), nullptr, t->cancel).kind, OutcomeKind::kApplied);
     }
-    if (with_spare) {
+    if (with_spare || (!first_install && t->seed_spare)) {
       ASSERT_TRUE(fs::exists(root + "/.despool/staging/pkg@spare"));
     }
   };
@@ -148,7 +153,12 @@ void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
   for (const auto& c : calls) ops.insert(c.op);
   for (const char* op : {"RenameAt2", "LinkAt", "CopyFileRange", "SyncFileRange", "Syncfs", "Fsync",
                          "UnlinkAt"}) {
-    if (first_install && std::string(op) == "LinkAt") continue;
+    // Nothing to link beside a first install, nor beside the spare the install seeded (it
+    // already holds every unchanged file), except for the seeding after a first install.
+    bool seeded = !first_install && !with_spare && t->seed_spare;
+    if ((first_install && !t->seed_spare) || seeded) {
+      if (std::string(op) == "LinkAt") continue;
+    }
     EXPECT_TRUE(ops.count(op)) << op << " never called: the recording is incomplete";
   }
   int old_seen = 0, new_seen = 0;
@@ -187,7 +197,13 @@ void CrashEverywhere(CrashTest* t, bool first_install, FaultRule::Action action,
   EXPECT_GT(new_seen, 0);
 }
 
+// Staged from scratch beside the live tree (the v1 install seeded no spare).
 TEST_F(CrashTest, CrashBeforeEveryOsCallOfAnIncrementalRefresh) {
+  seed_spare = false;
+  CrashEverywhere(this, false, FaultRule::Action::kCrashBefore);
+}
+// Staged from the spare the v1 install seeded.
+TEST_F(CrashTest, CrashBeforeEveryOsCallOfTheRefreshAfterASeededInstall) {
   CrashEverywhere(this, false, FaultRule::Action::kCrashBefore);
 }
 TEST_F(CrashTest, CrashAfterEveryRenameAndUnlinkOfAnIncrementalRefresh) {
@@ -196,7 +212,12 @@ TEST_F(CrashTest, CrashAfterEveryRenameAndUnlinkOfAnIncrementalRefresh) {
 TEST_F(CrashTest, CrashBeforeEveryOsCallOfARefreshStagedFromTheSpareTree) {
   CrashEverywhere(this, false, FaultRule::Action::kCrashBefore, /*with_spare=*/true);
 }
+// Seeding the spare included (a crash during it leaves the install complete).
 TEST_F(CrashTest, CrashBeforeEveryOsCallOfAFirstInstall) {
+  CrashEverywhere(this, true, FaultRule::Action::kCrashBefore);
+}
+TEST_F(CrashTest, CrashBeforeEveryOsCallOfAFirstInstallWithoutSeeding) {
+  seed_spare = false;
   CrashEverywhere(this, true, FaultRule::Action::kCrashBefore);
 }
 // The same with the helper threads of a refresh running (live walk beside the scan, copies

@@ -53,6 +53,9 @@ std::string StagedName(const std::string& pkg, std::uint64_t v) {
 std::string ManifestFile(const std::string& pkg) { return pkg + ".manifest"; }
 // The tree retired by the last switch, kept as the base of the next staging.
 std::string SpareName(const std::string& pkg) { return pkg + "@spare"; }
+// A spare being seeded after a first install (SeedSpare). Not "<pkg>@<version>" nor the spare,
+// so the staging cleanup (RecoverPackage) removes what a crash left of it.
+std::string SeedingName(const std::string& pkg) { return pkg + "@seeding"; }
 std::string JournalFile(const std::string& pkg) { return pkg + ".journal"; }
 
 bool IsPermanent(const Error& e) {
@@ -133,6 +136,7 @@ struct Engine::Impl {
   std::function<void(const char*)> checkpoint;
   std::mutex checkpoint_mu;  // "copying" may be passed on a copy helper thread
   int threads = 2;
+  bool seed_spare = true;
 
   void Checkpoint(const char* point) {
     if (!checkpoint) return;
@@ -334,6 +338,8 @@ struct Engine::Impl {
       if (e.name.rfind(prefix, 0) != 0) continue;
       std::string rest = e.name.substr(prefix.size());
       if (rest == "spare") continue;  // any content will do: staging re-checks every entry
+      // Anything else that is not a version ("<pkg>@seeding", a spare whose seeding a crash
+      // interrupted, among others) is removed below.
       std::uint64_t v = 0;
       auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), v);
       std::string suffix(p);
@@ -1520,6 +1526,14 @@ struct Engine::Impl {
     if (os.UnlinkAt(job.d.journal.get(), JournalFile(job.pkg).c_str(), 0) != 0 && errno != ENOENT) {
       Log()->warn("could not remove journal package={} errno={}", job.pkg, errno);
     }
+    if (!job.live_exists && seed_spare) {
+      // A first install retired no tree: give the next refresh a spare all the same.
+      if (auto s = SeedSpare(job); !s.ok()) {
+        Log()->warn("seeding the spare tree failed (the next refresh links every file) "
+                    "package={} error={}",
+                    job.pkg, s.error().ToString());
+      }
+    }
     Checkpoint("retired");
     job.stats.retire = Clock::now() - t_retire;
     job.stats.total = Clock::now() - t0;
@@ -1533,6 +1547,87 @@ struct Engine::Impl {
         job.stats.files_linked, job.stats.files_removed, job.stats.bytes_copied,
         std::chrono::duration_cast<std::chrono::milliseconds>(job.stats.total).count());
     return done;
+  }
+
+  // After a first install (committed, journal gone): gives the package the spare an incremental
+  // switch would have retired, so that the next staging finds every unchanged file already in
+  // place (the same inode as the live file: kept as is) instead of linking each one from the
+  // live tree. A hard-link clone of the live tree, walked with directory descriptors along the
+  // scanned entries (job.src, which the committed manifest describes): directories created
+  // 0700 (staging sets modes and mtimes), regular files hard-linked from the live ones,
+  // symlinks left to staging (checking one it found costs it as much as creating it). Built
+  // under SeedingName and renamed to the spare without replacing one (a spare that exists is
+  // kept and ours dropped); nothing is fsynced: a spare may hold anything, staging re-checks
+  // every entry, so a power loss can at worst cost it entries. A crash leaves the temporary
+  // tree, which the staging cleanup removes. On failure the partial tree is removed here; the
+  // caller only logs (the refresh has already succeeded). Calls for N files in D directories
+  // below the root, De of them not empty: FstatAt, MkdirAt, 2 OpenAt (the roots), D MkdirAt,
+  // 2 De OpenAt, N LinkAt, RenameAt2; N + D + 2 De + 5 in all (and 2 De + 2 closes).
+  Status SeedSpare(Job& job) {
+    const int sfd = job.d.staging.get();
+    const std::string spare = SpareName(job.pkg), seeding = SeedingName(job.pkg);
+    struct stat st;
+    if (os.FstatAt(sfd, spare.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return Status::Ok();
+    if (errno != ENOENT) return SysError("stat " + spare, errno);
+    if (os.MkdirAt(sfd, seeding.c_str(), 0700) != 0) return SysError("create " + seeding, errno);
+    Status s = SeedTree(job, seeding);
+    if (s.ok()) {
+      if (os.RenameAt2(sfd, seeding.c_str(), sfd, spare.c_str(), RENAME_NOREPLACE) == 0) {
+        return Status::Ok();
+      }
+      // EEXIST: a spare appeared meanwhile; keep it, drop ours.
+      if (errno != EEXIST) s = SysError("rename " + seeding + " to " + spare, errno);
+    }
+    Status removed = internal::RemoveTree(os, sfd, seeding);
+    if (s.ok()) return removed;
+    if (removed.ok()) return s;
+    Error e = s.take_error();
+    e.message += " (removing the partial tree failed too, left to the next cleanup: " +
+                 removed.error().message + ")";
+    return e;
+  }
+
+  Status SeedTree(Job& job, const std::string& seeding) {
+    struct Level {
+      int entry = 0;
+      Fd live, seed;
+    };
+    std::vector<Level> stack;
+    {
+      Level root;
+      DESPOOL_ASSIGN_OR_RETURN(root.live, internal::OpenDir(os, job.d.root.get(), job.pkg));
+      DESPOOL_ASSIGN_OR_RETURN(root.seed, internal::OpenDir(os, job.d.staging.get(), seeding));
+      stack.push_back(std::move(root));
+    }
+    for (size_t i = 1; i < job.src.size(); ++i) {
+      const SrcEntry& e = job.src[i];
+      while (stack.back().entry != e.parent) stack.pop_back();
+      const int live_fd = stack.back().live.get(), seed_fd = stack.back().seed.get();
+      switch (e.type) {
+        case EntryType::kDir: {
+          if (os.MkdirAt(seed_fd, e.name.c_str(), 0700) != 0) {
+            return SysError("mkdir spare " + e.path, errno);
+          }
+          // Depth-first order: a directory's first entry, if any, comes right after it. An
+          // empty one need not be opened.
+          if (i + 1 == job.src.size() || job.src[i + 1].parent != static_cast<int>(i)) break;
+          Level sub;
+          sub.entry = static_cast<int>(i);
+          DESPOOL_ASSIGN_OR_RETURN(sub.live, internal::OpenDir(os, live_fd, e.name));
+          DESPOOL_ASSIGN_OR_RETURN(sub.seed, internal::OpenDir(os, seed_fd, e.name));
+          stack.push_back(std::move(sub));
+          break;
+        }
+        case EntryType::kFile:
+          if (os.LinkAt(live_fd, e.name.c_str(), seed_fd, e.name.c_str(), 0) != 0) {
+            return SysError("link spare " + e.path, errno);
+          }
+          break;
+        case EntryType::kSymlink:
+          break;
+      }
+    }
+    return Status::Ok();
   }
 
   // Repair: the source must still be what the manifest says (metadata; content is checked as
@@ -1699,7 +1794,9 @@ Engine::Engine(EngineConfig config)
     : impl_(std::make_unique<Impl>(
           config.os ? *config.os : RealOs(),
           config.probe ? config.probe : std::shared_ptr<InUseProbe>(MakeAutoProbe()),
-          std::move(config.checkpoint), config.threads)) {}
+          std::move(config.checkpoint), config.threads)) {
+  impl_->seed_spare = config.seed_spare;
+}
 
 Engine::~Engine() = default;
 
