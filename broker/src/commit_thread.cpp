@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <chrono>
 
+#include "ack_path.h"
+
 namespace despool::broker {
 namespace {
 
@@ -69,6 +71,7 @@ std::uint64_t CommitThread::commit_cpu_ns() const {
 void CommitThread::Loop() {
   // Named so `top -H` and perf tell it from the event loop.
   pthread_setname_np(pthread_self(), "broker-commit");
+  MarkAckPathThread("commit");
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     cv_.wait(lock, [this] { return stop_ || (job_ != nullptr && !done_); });

@@ -53,6 +53,7 @@ class BrokerProcess {
   ~BrokerProcess() { Kill9(); }
 
   std::string store_path() const { return dir_ + "/data/broker.db"; }
+  pid_t pid() const { return pid_; }
   std::string log_path() const { return dir_ + "/broker.log"; }
 
   // Starts the broker and waits until it wrote its endpoints. Returns false on failure.

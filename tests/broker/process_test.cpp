@@ -1,6 +1,10 @@
 // The real despool-broker binary on loopback, driven by scripted clients and workers.
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <set>
@@ -492,6 +496,51 @@ INSTANTIATE_TEST_SUITE_P(CommitModes, BrokerProcessTest, ::testing::Values(true,
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? std::string("Pipelined") : std::string("Inline");
                          });
+
+// sched_getattr's view of thread `tid`: the slice it asked for (SCHED_OTHER, Linux >= 6.12).
+std::uint64_t SliceNs(pid_t tid) {
+  struct {
+    std::uint32_t size, policy;
+    std::uint64_t flags;
+    std::int32_t nice;
+    std::uint32_t priority;
+    std::uint64_t runtime, deadline, period;
+    std::uint32_t util_min, util_max;
+  } attr{};
+  if (::syscall(SYS_sched_getattr, tid, &attr, sizeof attr, 0) != 0) return 0;
+  return attr.runtime;
+}
+
+// The threads every ack waits on (the event loop on the main thread, the commit thread and
+// ZeroMQ's I/O thread) ask for 100 us slices; background threads keep the default.
+TEST(BrokerThreads, AckPathThreadsAskForShortSchedulerSlices) {
+  if (BinDir().empty()) GTEST_SKIP() << "DESPOOL_BIN_DIR not set";
+  utsname u{};
+  int major = 0, minor = 0;
+  ASSERT_EQ(::uname(&u), 0);
+  ASSERT_EQ(std::sscanf(u.release, "%d.%d", &major, &minor), 2);
+  if (major < 6 || (major == 6 && minor < 12)) GTEST_SKIP() << "kernel before 6.12 keeps no per-thread slice";
+  TempDir dir;
+  BrokerProcess broker(dir.path(), std::string(kConfig));
+  ASSERT_TRUE(broker.Start()) << broker.Log();
+  zmq::context_t ctx{1};
+  Client client(ctx, broker.frontend);
+  ASSERT_EQ(client.Submit(Refresh("pkg", 1, {"a"})).size(), 1u);  // the commit thread has run
+  std::map<std::string, std::uint64_t> slice_by_name;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(broker.pid()) + "/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    const pid_t tid = std::stoi(task.path().filename().string());
+    slice_by_name[tid == broker.pid() ? "main" : name] = SliceNs(tid);
+  }
+  EXPECT_EQ(slice_by_name["main"], 100'000u);
+  EXPECT_EQ(slice_by_name["broker-commit"], 100'000u);
+  EXPECT_EQ(slice_by_name["ZMQbg/IO/0"], 100'000u);
+  ASSERT_TRUE(slice_by_name.count("ZMQbg/Reaper"));
+  EXPECT_NE(slice_by_name["ZMQbg/Reaper"], 100'000u);
+  EXPECT_EQ(broker.Stop(), 0) << broker.Log();
+}
 
 }  // namespace
 }  // namespace despool::broker
