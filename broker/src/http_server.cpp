@@ -107,32 +107,6 @@ bool NameParam(const httplib::Request& req, httplib::Response& res, const char* 
   return true;
 }
 
-msg::StatsReply BuildStats(const StoreCounts& c, const Snapshot& s) {
-  msg::StatsReply reply;
-  for (std::size_t i = 0; i < kJobStates; ++i) {
-    const auto state = static_cast<msg::JobState>(i);
-    auto it = c.by_state.find(state);
-    reply.jobs_by_state.push_back({state, it == c.by_state.end() ? 0 : it->second});
-  }
-  for (const auto& dp : s.dps) {
-    msg::DpStats d;
-    d.dp = dp.dp;
-    d.online = dp.online;
-    if (auto it = c.active_by_dp.find(dp.dp); it != c.active_by_dp.end()) {
-      d.queued = it->second[0];
-      d.running = it->second[1];
-      d.deferred = it->second[2];
-    }
-    reply.dps.push_back(std::move(d));
-  }
-  reply.workers = static_cast<std::uint32_t>(s.workers.size());
-  reply.queue_depth = reply.jobs_by_state[static_cast<std::size_t>(msg::JobState::kQueued)].count;
-  reply.retry_backlog = reply.jobs_by_state[static_cast<std::size_t>(msg::JobState::kDeferred)].count;
-  reply.oldest_queued_at_ms = c.oldest_queued_at_ms;
-  reply.last_event_seq = s.last_event_seq;
-  return reply;
-}
-
 }  // namespace
 
 Result<HostPort> ParseHttpListen(const std::string& listen) {
@@ -250,17 +224,17 @@ class HttpServer::Impl {
     server_.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
       if (!CheckParams(req, res, {})) return;
       auto snap = snapshots_->Get();
-      std::optional<StoreCounts> counts;
+      std::optional<msg::StatsReply> stats;
       if (reader_) {
-        auto c = CountsOf(*snap);
-        if (c.ok()) {
-          counts = std::move(c).value();
+        auto s = StatsOf(*snap);
+        if (s.ok()) {
+          stats = std::move(s).value();
         } else {
-          log_->warn("metrics: store read failed error={}", LogQuote(c.error().message));
+          log_->warn("metrics: store read failed error={}", LogQuote(s.error().message));
         }
       }
       res.set_header("Cache-Control", "no-store");
-      res.set_content(RenderMetrics(*metrics_, *snap, counts ? &*counts : nullptr, NowMs()),
+      res.set_content(RenderMetrics(*metrics_, *snap, stats ? &*stats : nullptr, NowMs()),
                       "text/plain; version=0.0.4; charset=utf-8");
     });
 
@@ -314,11 +288,11 @@ class HttpServer::Impl {
 
   // The Core's counts from the snapshot plus the oldest queued job from the store (an index
   // lookup): counting the jobs table per request cost a full scan with a million jobs parked.
-  Result<StoreCounts> CountsOf(const Snapshot& snap) {
-    StoreCounts c = snap.job_counts;
+  Result<msg::StatsReply> StatsOf(const Snapshot& snap) {
+    msg::StatsReply stats = snap.stats;
     std::lock_guard lock(store_mu_);
-    DESPOOL_ASSIGN_OR_RETURN(c.oldest_queued_at_ms, reader_->OldestQueuedAt());
-    return c;
+    DESPOOL_ASSIGN_OR_RETURN(stats.oldest_queued_at_ms, reader_->OldestQueuedAt());
+    return stats;
   }
 
   bool ReadStats(httplib::Response& res, msg::StatsReply* out) {
@@ -327,12 +301,12 @@ class HttpServer::Impl {
       return false;
     }
     auto snap = snapshots_->Get();
-    auto c = CountsOf(*snap);
-    if (!c.ok()) {
-      SendError(res, 503, "unavailable", "store: " + c.error().message);
+    auto stats = StatsOf(*snap);
+    if (!stats.ok()) {
+      SendError(res, 503, "unavailable", "store: " + stats.error().message);
       return false;
     }
-    *out = BuildStats(*c, *snap);
+    *out = std::move(stats).value();
     return true;
   }
 

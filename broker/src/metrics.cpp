@@ -131,28 +131,18 @@ std::string EscapeLabelValue(std::string_view value) {
   return out;
 }
 
-std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const StoreCounts* counts,
+std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const msg::StatsReply* stats,
                           std::int64_t now_ms) {
   Writer w;
   w.One("despool_store_up", "gauge", "1 when the store could be read for this scrape, else 0.",
-        std::uint64_t{counts ? 1u : 0u});
-  if (counts) {
+        std::uint64_t{stats ? 1u : 0u});
+  if (stats) {
     w.Family("despool_jobs", "gauge", "Jobs in the store by state.");
-    for (std::size_t i = 0; i < kJobStates; ++i) {
-      const auto state = static_cast<msg::JobState>(i);
-      auto it = counts->by_state.find(state);
-      w.Sample("despool_jobs", Label("state", msg::ToString(state)),
-               it == counts->by_state.end() ? std::uint64_t{0} : it->second);
-    }
-    auto count_of = [&](msg::JobState s) {
-      auto it = counts->by_state.find(s);
-      return it == counts->by_state.end() ? std::uint64_t{0} : it->second;
-    };
-    w.One("despool_queue_depth", "gauge", "Queued jobs (waiting for a worker).", count_of(msg::JobState::kQueued));
-    w.One("despool_retry_backlog", "gauge", "Deferred jobs waiting for a delayed retry.",
-          count_of(msg::JobState::kDeferred));
+    for (const auto& c : stats->jobs_by_state) w.Sample("despool_jobs", Label("state", msg::ToString(c.state)), c.count);
+    w.One("despool_queue_depth", "gauge", "Queued jobs (waiting for a worker).", stats->queue_depth);
+    w.One("despool_retry_backlog", "gauge", "Deferred jobs waiting for a delayed retry.", stats->retry_backlog);
     double oldest = 0;
-    if (counts->oldest_queued_at_ms) oldest = std::max<double>(0, static_cast<double>(now_ms - *counts->oldest_queued_at_ms) / 1000.0);
+    if (stats->oldest_queued_at_ms) oldest = std::max<double>(0, static_cast<double>(now_ms - *stats->oldest_queued_at_ms) / 1000.0);
     w.One("despool_oldest_queued_age_seconds", "gauge",
           "Age of the oldest queued job (since it became queued); 0 when none is queued.", oldest);
 
@@ -161,14 +151,16 @@ std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const St
                                          {"despool_dp_deferred_jobs", "Deferred jobs per DP."}};
     for (std::size_t k = 0; k < 3; ++k) {
       w.Family(kDpGauges[k][0], "gauge", kDpGauges[k][1]);
-      for (const auto& dp : snap.dps) {
-        auto it = counts->active_by_dp.find(dp.dp);
-        w.Sample(kDpGauges[k][0], Label("dp", dp.dp), it == counts->active_by_dp.end() ? 0 : it->second[k]);
+      for (const auto& dp : stats->dps) {
+        const std::uint64_t n = k == 0 ? dp.queued : k == 1 ? dp.running : dp.deferred;
+        w.Sample(kDpGauges[k][0], Label("dp", dp.dp), n);
       }
     }
   }
   w.Family("despool_dp_online", "gauge", "1 when at least one live worker serves the DP.");
-  for (const auto& dp : snap.dps) w.Sample("despool_dp_online", Label("dp", dp.dp), std::uint64_t{dp.online ? 1u : 0u});
+  for (const auto& dp : snap.stats.dps) {
+    w.Sample("despool_dp_online", Label("dp", dp.dp), std::uint64_t{dp.online ? 1u : 0u});
+  }
 
   Histogram::Data late;
   late.bounds = snap.lateness_bounds;
@@ -195,7 +187,7 @@ std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const St
   w.One("despool_events_dropped_total", "counter",
         "Events the PUB socket refused (per-subscriber high-water-mark drops are not visible here).",
         m.events_dropped.load(std::memory_order_relaxed));
-  w.One("despool_last_event_seq", "gauge", "Sequence number of the newest stored state event.", snap.last_event_seq);
+  w.One("despool_last_event_seq", "gauge", "Sequence number of the newest stored state event.", snap.stats.last_event_seq);
   w.One("despool_active_jobs", "gauge", "Queued, running and deferred jobs held by the broker loop.",
         snap.active_jobs);
 

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "despool/broker/broker.h"
+#include "queries.h"
 
 namespace despool::broker {
 namespace {
@@ -92,16 +93,7 @@ void Observability::MaybePublish(const Core& core, const LoopMetrics& loop, std:
   // Forget workers that are gone (a re-registering worker reports its totals again).
   std::erase_if(worker_metrics_, [&](const auto& kv) { return live.count(kv.first) == 0; });
   std::erase_if(worker_names_, [&](const auto& kv) { return live.count(kv.second) == 0; });
-  const auto& by_state = core.JobCounts();
-  for (std::size_t i = 0; i < by_state.size(); ++i) {
-    s->job_counts.by_state[static_cast<msg::JobState>(i)] = by_state[i];
-  }
-  for (const auto& dp : core.KnownDps()) {
-    s->dps.push_back({dp, core.DpOnline(dp)});
-    const auto active = core.ActiveCounts(dp);
-    if (active[0] + active[1] + active[2] > 0) s->job_counts.active_by_dp[dp] = active;
-  }
-  s->last_event_seq = core.LastEventSeq();
+  s->stats = CoreStats(core);
   s->active_jobs = core.ActiveJobs();
   const auto& h = core.DueLateness();
   std::uint64_t running = 0;

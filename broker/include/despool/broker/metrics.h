@@ -61,9 +61,10 @@ struct BrokerMetrics {
 };
 
 // The Prometheus text exposition format (version 0.0.4) of everything the broker exports:
-// `counts` from the store (null when it could not be read: the store gauges are left out and
-// despool_store_up is 0), the rest from `metrics` and the loop's `snapshot`.
-std::string RenderMetrics(const BrokerMetrics& metrics, const Snapshot& snapshot, const StoreCounts* counts,
+// `stats`: the snapshot's stats completed from the store (null when the store could not be
+// read: the job gauges are left out and despool_store_up is 0); the rest from `metrics` and the
+// loop's `snapshot`.
+std::string RenderMetrics(const BrokerMetrics& metrics, const Snapshot& snapshot, const msg::StatsReply* stats,
                           std::int64_t now_ms);
 
 // Label value escaping per the exposition format (backslash, double quote, newline).

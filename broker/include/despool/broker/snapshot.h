@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "despool/broker/store.h"
 #include "despool/messages/types.h"
 
 namespace despool::broker {
@@ -20,21 +19,15 @@ struct WorkerSnapshot {
   std::optional<msg::WorkerMetrics> metrics;   // from its latest heartbeat that carried them
 };
 
-struct DpSnapshot {
-  std::string dp;
-  bool online = false;                         // a live worker serves it
-};
-
 struct Snapshot {
   std::int64_t taken_at_ms = 0;
   std::vector<WorkerSnapshot> workers;
-  std::vector<DpSnapshot> dps;                 // known DPs, in first-seen order
-  std::uint64_t last_event_seq = 0;
   std::uint64_t active_jobs = 0;               // queued + running + deferred held by the Core
-  // Job counts by state and per DP as the Core keeps them, so HTTP readers never count the jobs
-  // table (a scan of a million rows per scrape). oldest_queued_at_ms is left empty: readers look
-  // it up in the store (an index lookup).
-  StoreCounts job_counts;
+  // The `stats` answer as the Core keeps it (CoreStats: counts by state, known DPs in first-seen
+  // order with their online flag and active counts, last event seq), so HTTP readers never count
+  // the jobs table (a scan of a million rows per scrape). oldest_queued_at_ms is left empty:
+  // readers look it up in the store (an index lookup).
+  msg::StatsReply stats;
   // Due retries: how late (after their due time) deferred jobs became queued, cumulative counts
   // per bound in seconds (the Core keeps a millisecond histogram; values >= 1 s land in +Inf).
   std::vector<double> lateness_bounds;
