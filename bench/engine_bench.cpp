@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "despool/workers/allocator.h"
 #include "despool/workers/engine.h"
 #include "despool/workers/inuse.h"
 
@@ -401,6 +402,7 @@ void InUseBench(const std::string& live, const Package& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  despool::workers::RetainFreedMemoryForReuse();  // as despool-worker does
   Flags f;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

@@ -8,6 +8,7 @@
 #include "despool/common/stop_signals.h"
 #include "despool/common/logging.h"
 #include "despool/common/names.h"
+#include "despool/workers/allocator.h"
 #include "despool/workers/engine.h"
 #include "despool/workers/inuse.h"
 #include "despool/workers/service/settings.h"
@@ -16,6 +17,7 @@
 int main(int argc, char** argv) {
   using namespace despool;
   using namespace despool::workers;
+  RetainFreedMemoryForReuse();
   CLI::App app{"despool worker: refreshes packages on the distribution points it serves", "despool-worker"};
   CommonOptions common;
   AddCommonOptions(app, common);
