@@ -53,6 +53,38 @@ void OnOwnThread(F body) {
   t.join();
 }
 
+// A thread that names itself, publishes its id and waits until destroyed.
+class ParkedThread {
+ public:
+  explicit ParkedThread(const char* name = nullptr) {
+    thread_ = std::thread([this, name] {
+      if (name != nullptr) pthread_setname_np(pthread_self(), name);
+      std::unique_lock<std::mutex> lock(mu_);
+      tid_ = ::gettid();
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return done_; });
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return tid_ != 0; });
+  }
+  ~ParkedThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  pid_t tid() const { return tid_; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  pid_t tid_ = 0;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 TEST(SchedulerSlice, TheKernelRecordsTheRequestedSliceAndTheNiceValueStays) {
   if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
   OnOwnThread([] {
@@ -67,28 +99,9 @@ TEST(SchedulerSlice, TheKernelRecordsTheRequestedSliceAndTheNiceValueStays) {
 
 TEST(SchedulerSlice, AnotherThreadOfTheProcessCanBeSet) {
   if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
-  std::mutex mu;
-  std::condition_variable cv;
-  pid_t tid = 0;
-  bool done = false;
-  std::thread t([&] {
-    std::unique_lock<std::mutex> lock(mu);
-    tid = ::gettid();
-    cv.notify_all();
-    cv.wait(lock, [&] { return done; });
-  });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return tid != 0; });
-  }
-  EXPECT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(200), tid));
-  EXPECT_EQ(Get(tid).sched_runtime, 200'000u);
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    done = true;
-  }
-  cv.notify_all();
-  t.join();
+  ParkedThread t;
+  EXPECT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(200), t.tid()));
+  EXPECT_EQ(Get(t.tid()).sched_runtime, 200'000u);
 }
 
 TEST(SchedulerSlice, ANonexistentThreadIsRefused) {
@@ -96,31 +109,12 @@ TEST(SchedulerSlice, ANonexistentThreadIsRefused) {
 }
 
 TEST(ThreadsNamed, FindsThisProcessThreadsByNamePrefix) {
-  std::mutex mu;
-  std::condition_variable cv;
-  pid_t tid = 0;
-  bool done = false;
-  std::thread t([&] {
-    pthread_setname_np(pthread_self(), "despool-tn-1");
-    std::unique_lock<std::mutex> lock(mu);
-    tid = ::gettid();
-    cv.notify_all();
-    cv.wait(lock, [&] { return done; });
-  });
   {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return tid != 0; });
+    ParkedThread t("despool-tn-1");
+    EXPECT_EQ(ThreadsNamed("despool-tn-"), std::vector<pid_t>{t.tid()});
+    EXPECT_TRUE(ThreadsNamed("despool-tn-2").empty());
   }
-  const auto found = ThreadsNamed("despool-tn-");
-  EXPECT_EQ(found, std::vector<pid_t>{tid});
-  EXPECT_TRUE(ThreadsNamed("despool-tn-2").empty());
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    done = true;
-  }
-  cv.notify_all();
-  t.join();
-  EXPECT_TRUE(ThreadsNamed("despool-tn-").empty());
+  EXPECT_TRUE(ThreadsNamed("despool-tn-").empty());  // joined: gone
 }
 
 }  // namespace
