@@ -156,10 +156,6 @@ class Broker::Impl {
       auth_ = std::move(auth).value();
       log_->info("CURVE enabled public_key={} authorized_keys={}", auth_->public_key(), auth_->key_count());
     }
-    // The context's I/O thread, started with the first socket, carries every request and ack.
-    // broker_bench names its own contexts' "<prefix>/ZMQbg/..."; another unprefixed context in
-    // this process would be marked too, which only costs it finer time slices.
-    for (pid_t tid : ThreadsNamed("ZMQbg/IO/")) MarkAckPathThread("zmq-io", tid);
     try {
       if (auth_) {
         auth_->ApplyServer(frontend_, kZapDomainFrontend);
@@ -242,6 +238,17 @@ class Broker::Impl {
     return m;
   }
 
+  // The context's I/O thread carries every request and ack. It names itself ("ZMQbg/IO/0") once
+  // running, which may be after the sockets exist, so this waits for a message to have come
+  // through it. broker_bench names its own contexts' threads "<prefix>/ZMQbg/..."; another
+  // unprefixed context in this process would be marked too, which only costs it finer slices.
+  // True once one was found.
+  static bool MarkZmqIoThreads() {
+    const auto io = ThreadsNamed("ZMQbg/IO/");
+    for (pid_t tid : io) MarkAckPathThread("zmq-io", tid);
+    return !io.empty();
+  }
+
   Status Run(int stop_fd) {
     MarkAckPathThread("loop");
     const std::int64_t cpu_start = ThreadCpuNs();
@@ -296,6 +303,7 @@ class Broker::Impl {
           ++handled;
         }
       }
+      if (handled > 0 && !io_thread_marked_) io_thread_marked_ = MarkZmqIoThreads();
       auto t2 = std::chrono::steady_clock::now();
       m_.read_ns += Ns(t2 - t1);
       m_.messages += handled;
@@ -682,6 +690,7 @@ class Broker::Impl {
   MicrosHistogram commit_hist_, ack_hist_;
   std::uint64_t last_commit_total_ns_ = 0;  // commit_thread_->commit_ns() at the last commit
   Observability obs_;  // metrics, snapshots and the HTTP endpoint (its threads never touch the above)
+  bool io_thread_marked_ = false;      // MarkZmqIoThreads found it
   std::unique_ptr<BrokerAuth> auth_;  // CURVE + ZAP; null without [security]. Stops before ctx_.
   std::map<std::string, std::string> backend_keys_;  // backend routing id -> key id (CURVE)
   RateLimiter limiter_{s_.request_rate, s_.request_burst};
