@@ -33,7 +33,11 @@ Footprint AllocateTouchFree(std::size_t bytes) {
 
 TEST(RetainFreedMemory, AFreedEightMegabyteTableStaysInTheHeap) {
   constexpr std::size_t kTable = 8u << 20;
-  // glibc's defaults: an 8 MiB block is mmapped and given back to the kernel when freed.
+  // glibc's initial settings (set explicitly: its dynamic threshold may have risen already if
+  // this process freed a large block earlier): an 8 MiB block is mmapped and given back to the
+  // kernel when freed.
+  mallopt(M_MMAP_THRESHOLD, 128 << 10);
+  mallopt(M_TRIM_THRESHOLD, 128 << 10);
   const Footprint before = AllocateTouchFree(kTable);
   EXPECT_GE(before.mmapped_while_held, kTable);
   EXPECT_LT(before.heap_free_after, kTable);
