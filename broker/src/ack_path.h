@@ -16,8 +16,8 @@ inline constexpr std::chrono::microseconds kAckPathSlice{100};
 
 // Marks thread `tid` (0: the caller) as on the ack path; `what` names it in the log if refused.
 inline void MarkAckPathThread(const char* what, pid_t tid = 0) {
-  if (!RequestSchedulerSlice(kAckPathSlice, tid)) {
-    GetLogger("broker")->debug("cannot request a short scheduler slice thread={} errno={}", what, errno);
+  if (Status st = RequestSchedulerSlice(kAckPathSlice, tid); !st.ok()) {
+    GetLogger("broker")->debug("no short scheduler slice thread={} error={}", what, LogQuote(st.error().message));
   }
 }
 

@@ -240,9 +240,10 @@ class Broker::Impl {
 
   // The context's I/O thread carries every request and ack. It names itself ("ZMQbg/IO/0") once
   // running, which may be after the sockets exist, so this waits for a message to have come
-  // through it. broker_bench names its own contexts' threads "<prefix>/ZMQbg/..."; another
-  // unprefixed context in this process would be marked too, which only costs it finer slices.
-  // True once one was found.
+  // through it; the search (a /proc listing) stops after 100 rounds that read messages, in case
+  // this libzmq names its threads otherwise. broker_bench names its own contexts' threads
+  // "<prefix>/ZMQbg/..."; another unprefixed context in this process would be marked too, which
+  // only costs it finer slices. True once one was found.
   static bool MarkZmqIoThreads() {
     const auto io = ThreadsNamed("ZMQbg/IO/");
     for (pid_t tid : io) MarkAckPathThread("zmq-io", tid);
@@ -303,7 +304,13 @@ class Broker::Impl {
           ++handled;
         }
       }
-      if (handled > 0 && !io_thread_marked_) io_thread_marked_ = MarkZmqIoThreads();
+      if (handled > 0 && io_thread_search_rounds_ > 0) {
+        if (MarkZmqIoThreads()) {
+          io_thread_search_rounds_ = 0;
+        } else if (--io_thread_search_rounds_ == 0) {
+          log_->info("ZeroMQ's I/O thread not found by name: it keeps the default scheduler slice");
+        }
+      }
       auto t2 = std::chrono::steady_clock::now();
       m_.read_ns += Ns(t2 - t1);
       m_.messages += handled;
@@ -690,7 +697,7 @@ class Broker::Impl {
   MicrosHistogram commit_hist_, ack_hist_;
   std::uint64_t last_commit_total_ns_ = 0;  // commit_thread_->commit_ns() at the last commit
   Observability obs_;  // metrics, snapshots and the HTTP endpoint (its threads never touch the above)
-  bool io_thread_marked_ = false;      // MarkZmqIoThreads found it
+  int io_thread_search_rounds_ = 100;  // MarkZmqIoThreads tries left; 0 once found
   std::unique_ptr<BrokerAuth> auth_;  // CURVE + ZAP; null without [security]. Stops before ctx_.
   std::map<std::string, std::string> backend_keys_;  // backend routing id -> key id (CURVE)
   RateLimiter limiter_{s_.request_rate, s_.request_burst};

@@ -4,12 +4,14 @@
 
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -88,33 +90,73 @@ class ParkedThread {
 TEST(SchedulerSlice, TheKernelRecordsTheRequestedSliceAndTheNiceValueStays) {
   if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
   OnOwnThread([] {
-    ASSERT_EQ(::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 3), 0);
-    ASSERT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(300)));
+    // Raising one's own nice value needs no privilege (lowering it would).
+    errno = 0;
+    const int nice = std::min(::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid())) + 1, 19);
+    ASSERT_EQ(errno, 0);
+    ASSERT_EQ(::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice), 0);
+    ASSERT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(300)).ok());
     const SchedAttr a = Get(0);
     EXPECT_EQ(a.sched_policy, static_cast<std::uint32_t>(SCHED_OTHER));
     EXPECT_EQ(a.sched_runtime, 300'000u);
-    EXPECT_EQ(a.sched_nice, 3);
+    EXPECT_EQ(a.sched_nice, nice);
   });
 }
 
 TEST(SchedulerSlice, AnotherThreadOfTheProcessCanBeSet) {
   if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
   ParkedThread t;
-  EXPECT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(200), t.tid()));
+  EXPECT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(200), t.tid()).ok());
   EXPECT_EQ(Get(t.tid()).sched_runtime, 200'000u);
 }
 
+// A background thread that a marked thread starts (the broker's checkpointer is started from the
+// commit thread) must not inherit the short slice.
+TEST(SchedulerSlice, ThreadsStartedLaterKeepTheDefaultSlice) {
+  if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
+  const std::uint64_t default_slice = Get(0).sched_runtime;
+  ASSERT_NE(default_slice, 100'000u);
+  OnOwnThread([&] {
+    ASSERT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(100)).ok());
+    ASSERT_EQ(Get(0).sched_runtime, 100'000u);
+    ParkedThread child;
+    EXPECT_EQ(Get(child.tid()).sched_runtime, default_slice);
+  });
+}
+
+// The operator's choice of policy stands: a SCHED_BATCH thread keeps it (and gets the slice); a
+// SCHED_IDLE one is left alone.
+TEST(SchedulerSlice, ThePolicyStaysAndIdleThreadsAreLeftAlone) {
+  if (!KernelKeepsSlices()) GTEST_SKIP() << "kernel before 6.12: slices are accepted and ignored";
+  OnOwnThread([] {
+    const sched_param none{};
+    ASSERT_EQ(::sched_setscheduler(0, SCHED_BATCH, &none), 0);
+    ASSERT_TRUE(RequestSchedulerSlice(std::chrono::microseconds(150)).ok());
+    EXPECT_EQ(Get(0).sched_policy, static_cast<std::uint32_t>(SCHED_BATCH));
+    EXPECT_EQ(Get(0).sched_runtime, 150'000u);
+  });
+  OnOwnThread([] {
+    const sched_param none{};
+    ASSERT_EQ(::sched_setscheduler(0, SCHED_IDLE, &none), 0);
+    const std::uint64_t before = Get(0).sched_runtime;
+    const Status st = RequestSchedulerSlice(std::chrono::microseconds(150));
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.error().code, ErrorCode::kFailedPrecondition);
+    EXPECT_EQ(Get(0).sched_policy, static_cast<std::uint32_t>(SCHED_IDLE));
+    EXPECT_EQ(Get(0).sched_runtime, before);
+  });
+}
+
 TEST(SchedulerSlice, ANonexistentThreadIsRefused) {
-  EXPECT_FALSE(RequestSchedulerSlice(std::chrono::microseconds(100), 0x3ffffff0));
+  const Status st = RequestSchedulerSlice(std::chrono::microseconds(100), 0x3ffffff0);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("sched_getattr"), std::string::npos) << st.error().message;
 }
 
 TEST(ThreadsNamed, FindsThisProcessThreadsByNamePrefix) {
-  {
-    ParkedThread t("despool-tn-1");
-    EXPECT_EQ(ThreadsNamed("despool-tn-"), std::vector<pid_t>{t.tid()});
-    EXPECT_TRUE(ThreadsNamed("despool-tn-2").empty());
-  }
-  EXPECT_TRUE(ThreadsNamed("despool-tn-").empty());  // joined: gone
+  ParkedThread t("despool-tn-1");
+  EXPECT_EQ(ThreadsNamed("despool-tn-"), std::vector<pid_t>{t.tid()});
+  EXPECT_TRUE(ThreadsNamed("despool-tn-2").empty());
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "despool/common/result.h"
+
 namespace despool {
 
 // Asks the kernel to run thread `tid` (0: the calling thread) in slices of about `slice`.
@@ -16,8 +18,10 @@ namespace despool {
 // that slice instead of queueing behind a running thread's default slice (~3 ms). It gets no
 // more CPU in total, only sooner and in smaller pieces. No privilege is needed; the kernel
 // clamps the value to 0.1-100 ms; older kernels accept it and keep their own policy.
-// Returns false (errno set) when the kernel refused.
-bool RequestSchedulerSlice(std::chrono::microseconds slice, pid_t tid = 0);
+// Only the slice changes: the policy and nice value stay, and a thread running under a policy
+// other than SCHED_OTHER or SCHED_BATCH (idle, real-time) is left alone (kFailedPrecondition).
+// Threads the marked one starts later do not inherit the slice (SCHED_FLAG_RESET_ON_FORK).
+Status RequestSchedulerSlice(std::chrono::microseconds slice, pid_t tid = 0);
 
 // The ids of this process's threads whose name (as `top -H` shows it) starts with `prefix`.
 std::vector<pid_t> ThreadsNamed(std::string_view prefix);
