@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -500,8 +501,23 @@ class SqliteStore final : public Store {
                                  const std::optional<std::string>& dp,
                                  const std::optional<std::string>& package) override {
     EventsPage page;
-    page.oldest_seq = oldest_event_;
-    page.last_seq = last_event_;
+    // The window comes from the tables, not from this object's counters: this may be the
+    // reader connection (pipelined queries, HTTP), whose counters no Load or Commit ever set.
+    // One read transaction, so the window and the rows are the same snapshot.
+    DESPOOL_RETURN_IF_ERROR(Exec("BEGIN"));
+    struct EndRead {
+      SqliteStore* self;
+      ~EndRead() { (void)self->Exec("COMMIT"); }
+    } end_read{this};
+    {
+      Stmt w;
+      DESPOOL_RETURN_IF_ERROR(w.Prepare(
+          db_, "SELECT (SELECT MIN(seq) FROM events), (SELECT value FROM meta WHERE key='last_event_seq')"));
+      if (sqlite3_step(w.get()) != SQLITE_ROW) return SqlError(db_, "read the event window");
+      if (!ColNull(w.get(), 0)) page.oldest_seq = static_cast<std::uint64_t>(ColInt(w.get(), 0));
+      if (!ColNull(w.get(), 1)) page.last_seq = std::strtoull(ColText(w.get(), 1).c_str(), nullptr, 10);
+      page.last_seq = std::max(page.last_seq, page.oldest_seq);
+    }
     std::string sql = "SELECT seq, at, payload FROM events WHERE seq > :since";
     if (dp) sql += " AND dp=:dp";
     if (package) sql += " AND package=:package";

@@ -295,6 +295,16 @@ TEST_F(StoreTest, EventRetentionPrunesTheOldestAndSaysSo) {
   EXPECT_GE(page->events.size(), 100u);
   EXPECT_LE(page->events.size(), 111u);  // pruned in steps of 10% of the retention
   EXPECT_EQ(page->events.front().seq, page->oldest_seq);
+  // A second connection (the broker's reader: pipelined queries and HTTP) reports the same
+  // window though it never loaded or committed anything.
+  auto reader = OpenSqliteStore(path_, o);
+  ASSERT_TRUE(reader.ok()) << reader.error().message;
+  auto seen = (*reader)->EventsSince(0, 1000, std::nullopt, std::nullopt);
+  ASSERT_TRUE(seen.ok()) << seen.error().message;
+  EXPECT_EQ(seen->oldest_seq, page->oldest_seq);
+  EXPECT_EQ(seen->last_seq, 300u);
+  EXPECT_EQ(seen->events.size(), page->events.size());
+  reader->reset();
   auto dp = s->EventsSince(290, 1000, std::string("a"), std::nullopt);
   ASSERT_TRUE(dp.ok());
   EXPECT_EQ(dp->events.size(), 5u);
