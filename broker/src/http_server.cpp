@@ -224,17 +224,19 @@ class HttpServer::Impl {
     server_.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
       if (!CheckParams(req, res, {})) return;
       auto snap = snapshots_->Get();
-      std::optional<msg::StatsReply> stats;
+      msg::StatsReply stats = snap->stats;
+      bool store_up = false;
       if (reader_) {
         auto s = StatsOf(*snap);
         if (s.ok()) {
           stats = std::move(s).value();
+          store_up = true;
         } else {
           log_->warn("metrics: store read failed error={}", LogQuote(s.error().message));
         }
       }
       res.set_header("Cache-Control", "no-store");
-      res.set_content(RenderMetrics(*metrics_, *snap, stats ? &*stats : nullptr, NowMs()),
+      res.set_content(RenderMetrics(*metrics_, *snap, stats, store_up, NowMs()),
                       "text/plain; version=0.0.4; charset=utf-8");
     });
 

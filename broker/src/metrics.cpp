@@ -131,36 +131,36 @@ std::string EscapeLabelValue(std::string_view value) {
   return out;
 }
 
-std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const msg::StatsReply* stats,
-                          std::int64_t now_ms) {
+std::string RenderMetrics(const BrokerMetrics& m, const Snapshot& snap, const msg::StatsReply& stats,
+                          bool store_up, std::int64_t now_ms) {
   Writer w;
   w.One("despool_store_up", "gauge", "1 when the store could be read for this scrape, else 0.",
-        std::uint64_t{stats ? 1u : 0u});
-  if (stats) {
-    w.Family("despool_jobs", "gauge", "Jobs in the store by state.");
-    for (const auto& c : stats->jobs_by_state) w.Sample("despool_jobs", Label("state", msg::ToString(c.state)), c.count);
-    w.One("despool_queue_depth", "gauge", "Queued jobs (waiting for a worker).", stats->queue_depth);
-    w.One("despool_retry_backlog", "gauge", "Deferred jobs waiting for a delayed retry.", stats->retry_backlog);
+        std::uint64_t{store_up ? 1u : 0u});
+  w.Family("despool_jobs", "gauge", "Jobs by state, as the broker holds them (committed).");
+  for (const auto& c : stats.jobs_by_state) w.Sample("despool_jobs", Label("state", msg::ToString(c.state)), c.count);
+  w.One("despool_queue_depth", "gauge", "Queued jobs (waiting for a worker).", stats.queue_depth);
+  w.One("despool_retry_backlog", "gauge", "Deferred jobs waiting for a delayed retry.", stats.retry_backlog);
+  if (store_up) {
     double oldest = 0;
-    if (stats->oldest_queued_at_ms) oldest = std::max<double>(0, static_cast<double>(now_ms - *stats->oldest_queued_at_ms) / 1000.0);
+    if (stats.oldest_queued_at_ms) {
+      oldest = std::max<double>(0, static_cast<double>(now_ms - *stats.oldest_queued_at_ms) / 1000.0);
+    }
     w.One("despool_oldest_queued_age_seconds", "gauge",
           "Age of the oldest queued job (since it became queued); 0 when none is queued.", oldest);
+  }
 
-    const char* const kDpGauges[3][2] = {{"despool_dp_queued_jobs", "Queued jobs per DP."},
-                                         {"despool_dp_running_jobs", "Running jobs per DP."},
-                                         {"despool_dp_deferred_jobs", "Deferred jobs per DP."}};
-    for (std::size_t k = 0; k < 3; ++k) {
-      w.Family(kDpGauges[k][0], "gauge", kDpGauges[k][1]);
-      for (const auto& dp : stats->dps) {
-        const std::uint64_t n = k == 0 ? dp.queued : k == 1 ? dp.running : dp.deferred;
-        w.Sample(kDpGauges[k][0], Label("dp", dp.dp), n);
-      }
+  const char* const kDpGauges[3][2] = {{"despool_dp_queued_jobs", "Queued jobs per DP."},
+                                       {"despool_dp_running_jobs", "Running jobs per DP."},
+                                       {"despool_dp_deferred_jobs", "Deferred jobs per DP."}};
+  for (std::size_t k = 0; k < 3; ++k) {
+    w.Family(kDpGauges[k][0], "gauge", kDpGauges[k][1]);
+    for (const auto& dp : stats.dps) {
+      const std::uint64_t n = k == 0 ? dp.queued : k == 1 ? dp.running : dp.deferred;
+      w.Sample(kDpGauges[k][0], Label("dp", dp.dp), n);
     }
   }
   w.Family("despool_dp_online", "gauge", "1 when at least one live worker serves the DP.");
-  for (const auto& dp : snap.stats.dps) {
-    w.Sample("despool_dp_online", Label("dp", dp.dp), std::uint64_t{dp.online ? 1u : 0u});
-  }
+  for (const auto& dp : stats.dps) w.Sample("despool_dp_online", Label("dp", dp.dp), std::uint64_t{dp.online ? 1u : 0u});
 
   Histogram::Data late;
   late.bounds = snap.lateness_bounds;

@@ -61,11 +61,11 @@ struct BrokerMetrics {
 };
 
 // The Prometheus text exposition format (version 0.0.4) of everything the broker exports:
-// `stats`: the snapshot's stats completed from the store (null when the store could not be
-// read: the job gauges are left out and despool_store_up is 0); the rest from `metrics` and the
-// loop's `snapshot`.
-std::string RenderMetrics(const BrokerMetrics& metrics, const Snapshot& snapshot, const msg::StatsReply* stats,
-                          std::int64_t now_ms);
+// `stats`: the loop's counts (the snapshot's), with the oldest queued job's time read from the
+// store when `store_up`; when the store could not be read, despool_store_up is 0 and the
+// oldest-queued age is left out. The rest comes from `metrics` and the loop's `snapshot`.
+std::string RenderMetrics(const BrokerMetrics& metrics, const Snapshot& snapshot, const msg::StatsReply& stats,
+                          bool store_up, std::int64_t now_ms);
 
 // Label value escaping per the exposition format (backslash, double quote, newline).
 std::string EscapeLabelValue(std::string_view value);
