@@ -402,7 +402,9 @@ void InUseBench(const std::string& live, const Package& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  despool::workers::RetainFreedMemoryForReuse();  // as despool-worker does
+  if (auto st = despool::workers::RetainFreedMemoryForReuse(); !st.ok()) {  // as despool-worker does
+    std::fprintf(stderr, "engine_bench: %s\n", st.error().message.c_str());
+  }
   Flags f;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

@@ -17,7 +17,7 @@
 int main(int argc, char** argv) {
   using namespace despool;
   using namespace despool::workers;
-  RetainFreedMemoryForReuse();
+  const Status retained = RetainFreedMemoryForReuse();  // logged once logging is set up
   CLI::App app{"despool worker: refreshes packages on the distribution points it serves", "despool-worker"};
   CommonOptions common;
   AddCommonOptions(app, common);
@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
       return kExitError;
     }
     auto log = GetLogger("worker");
+    if (!retained.ok()) log->warn("allocator left at its defaults error={}", LogQuote(retained.error().message));
 
     // Before any thread exists: lease breaks signal SIGIO, whose default action kills us.
     if (Status st = IgnoreLeaseBreakSignal(); !st.ok()) {
