@@ -4,8 +4,10 @@
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <xxhash.h>
 
 #include <atomic>
+#include <cstdio>
 
 #include "despool/workers/engine.h"
 #include "despool/workers/os.h"
@@ -712,6 +714,36 @@ TEST(ManifestTest, RoundTripAndCorruption) {
   std::string flipped = text;
   flipped[text.find("a%20b")] = 'A';
   EXPECT_EQ(workers::ParseManifest(flipped).error().code, ErrorCode::kCorruption);
+}
+
+// A header line under another key is corrupt even with a valid checksum (it used to read as an
+// empty value: a "sourcX" line gave an empty source).
+TEST(ManifestTest, AHeaderLineUnderAnotherKeyIsCorrupt) {
+  workers::Manifest m;
+  m.package = "p";
+  m.version = 3;
+  m.source = "/src/p";
+  m.entries = {{".", workers::EntryType::kDir, 0755, 1, 0, 0, {}}};
+  const std::string text = workers::SerializeManifest(m);
+  const std::string body = text.substr(0, text.rfind("end "));
+  ASSERT_TRUE(workers::ParseManifest(text).ok());
+  for (const char* key : {"package", "version", "source", "entries"}) {
+    std::string bad = body;
+    const std::string line = std::string("\n") + key + " ";
+    const auto at = bad.find(line);
+    ASSERT_NE(at, std::string::npos) << key;
+    bad[at + line.size() - 2] = 'X';  // "sourcX "
+    char trailer[32];
+    std::snprintf(trailer, sizeof trailer, "end %016llx\n",
+                  static_cast<unsigned long long>(XXH3_64bits(bad.data(), bad.size())));
+    bad += trailer;
+    auto parsed = workers::ParseManifest(bad);
+    ASSERT_FALSE(parsed.ok()) << key;
+    EXPECT_EQ(parsed.error().code, ErrorCode::kCorruption) << key;
+    if (std::string(key) == "package" || std::string(key) == "version") {
+      EXPECT_FALSE(workers::ParseManifestVersion(bad).ok()) << key;
+    }
+  }
 }
 
 }  // namespace

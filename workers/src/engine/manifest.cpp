@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
+#include <optional>
 
 #include "fsutil.h"
 
@@ -71,6 +72,14 @@ bool ParseNum(std::string_view s, T* out, int base = 10) {
 
 Error Corrupt(std::string what) {
   return MakeError(ErrorCode::kCorruption, "manifest: " + what);
+}
+
+// The value of a header line "<key> <value>"; nullopt when the line starts with another key.
+std::optional<std::string_view> HeaderValue(std::string_view line, std::string_view key) {
+  if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ' ') {
+    return std::nullopt;
+  }
+  return line.substr(key.size() + 1);
 }
 
 }  // namespace
@@ -155,11 +164,10 @@ Result<std::uint64_t> ParseManifestVersion(std::string_view text) {
     line = body.substr(0, nl);
     body.remove_prefix(nl + 1);
   }
-  constexpr std::string_view kVersion = "version ";
   std::uint64_t version = 0;
-  if (lines[0] != kMagic || lines[1].substr(0, 8) != "package " ||
-      lines[2].substr(0, kVersion.size()) != kVersion ||
-      !ParseNum(lines[2].substr(kVersion.size()), &version)) {
+  const auto version_text = HeaderValue(lines[2], "version");
+  if (lines[0] != kMagic || !HeaderValue(lines[1], "package") || !version_text ||
+      !ParseNum(*version_text, &version)) {
     return Corrupt("bad header");
   }
   return version;
@@ -172,15 +180,15 @@ Result<Manifest> ParseManifest(std::string_view text) {
   Manifest m;
   const std::vector<std::string_view> lines = internal::SplitLines(body);
   if (lines.size() < 5 || lines[0] != kMagic) return Corrupt("bad header");
-  auto field = [&](size_t i, std::string_view key) -> std::string_view {
-    if (lines[i].substr(0, key.size() + 1) != std::string(key) + " ") return {};
-    return lines[i].substr(key.size() + 1);
-  };
-  if (!Unescape(field(1, "package"), &m.package) || m.package.empty()) return Corrupt("package");
-  if (!ParseNum(field(2, "version"), &m.version)) return Corrupt("version");
-  if (!Unescape(field(3, "source"), &m.source)) return Corrupt("source");
+  const auto package = HeaderValue(lines[1], "package");
+  const auto version = HeaderValue(lines[2], "version");
+  const auto source = HeaderValue(lines[3], "source");
+  const auto entries = HeaderValue(lines[4], "entries");
+  if (!package || !Unescape(*package, &m.package) || m.package.empty()) return Corrupt("package");
+  if (!version || !ParseNum(*version, &m.version)) return Corrupt("version");
+  if (!source || !Unescape(*source, &m.source)) return Corrupt("source");
   std::uint64_t count = 0;
-  if (!ParseNum(field(4, "entries"), &count) || count != lines.size() - 5) {
+  if (!entries || !ParseNum(*entries, &count) || count != lines.size() - 5) {
     return Corrupt("entry count");
   }
   m.entries.reserve(count);
