@@ -7,6 +7,7 @@
 #include <xxhash.h>
 
 #include <atomic>
+#include <map>
 #include <cstdio>
 
 #include "despool/workers/engine.h"
@@ -527,6 +528,75 @@ TEST_F(EngineTest, NotEnoughFreeSpaceIsRetryableBeforeCopying) {
   EXPECT_EQ(out.error.code, ErrorCode::kResourceExhausted);
   EXPECT_FALSE(fs::exists(Live()));
   EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+// ---- Scans on several threads ----
+
+// EngineConfig::threads splits the source scan and the live walk by top-level directory: the
+// engine must see what one thread sees (the same manifest of a deep tree, the same refusal of a
+// hostile entry deep in a subtree, a live file changed in place still copied afresh).
+TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
+  const std::string src = tmp / "deep";
+  TreeOptions opt;
+  opt.files = 60;
+  opt.dirs = 6;
+  MakeVersion(src, 1, opt);
+  for (int i = 0; i < 8; ++i) {
+    WriteFile(src + "/d2/a/b" + std::to_string(i % 3) + "/c/x" + std::to_string(i), Content("x" + std::to_string(i), 100 + i));
+  }
+  fs::create_directories(src + "/d4/empty-deep/empty");
+  fs::create_directories(src + "/d3/up");
+  fs::create_symlink("../../d2/a", src + "/d3/up/link");  // in-package, two levels down
+  std::map<int, workers::Manifest> manifests;
+  std::map<int, std::unique_ptr<Engine>> engines;
+  for (int threads : {1, 4}) {
+    SCOPED_TRACE(threads);
+    const std::string r = tmp / ("dp" + std::to_string(threads));
+    fs::create_directories(r);
+    EngineConfig c;
+    c.probe = probe;
+    c.threads = threads;
+    engines[threads] = std::make_unique<Engine>(c);
+    auto out = engines[threads]->Refresh(Request(r, 1, src), nullptr, cancel);
+    EXPECT_KIND(out, OutcomeKind::kApplied);
+    EXPECT_EQ(Diff(Snap(src), Snap(r + "/pkg")), "");
+    auto m = engines[threads]->InstalledManifest(r, "pkg");
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    manifests[threads] = std::move(m).value();
+  }
+  EXPECT_EQ(manifests[1].entries, manifests[4].entries);
+  EXPECT_GT(manifests[4].entries.size(), 80u);
+
+  // A live file rewritten in place, deep down, is copied afresh rather than linked.
+  const std::string r4 = tmp / "dp4";
+  const std::string deep_live = r4 + "/pkg/d2/a/b1/c/x1";
+  WriteFile(deep_live, "changed in place on the DP", 0644, 1700000123);
+  const std::string v2 = tmp / "deep2";
+  fs::copy(src, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (auto it = fs::recursive_directory_iterator(src); it != fs::recursive_directory_iterator(); ++it) {
+    struct stat st;
+    ASSERT_EQ(::lstat(it->path().c_str(), &st), 0);
+    const std::string twin = v2 + "/" + it->path().lexically_relative(src).string();
+    const struct timespec times[2] = {{0, UTIME_OMIT}, st.st_mtim};
+    ASSERT_EQ(::utimensat(AT_FDCWD, twin.c_str(), times, AT_SYMLINK_NOFOLLOW), 0);
+  }
+  auto out = engines[4]->Refresh(Request(r4, 2, v2), nullptr, cancel);
+  EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_EQ(out.stats.files_copied, 1u);
+  EXPECT_EQ(Diff(Snap(v2), Snap(r4 + "/pkg")), "");
+
+  // A FIFO deep in one subtree is refused, by name, as with one thread.
+  const std::string v3 = tmp / "deep3";
+  fs::copy(src, v3, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  ASSERT_EQ(::mkfifo((v3 + "/d5/deeper/still/fifo").c_str(), 0644), -1);  // no parent yet
+  fs::create_directories(v3 + "/d5/deeper/still");
+  ASSERT_EQ(::mkfifo((v3 + "/d5/deeper/still/fifo").c_str(), 0644), 0);
+  for (int threads : {1, 4}) {
+    SCOPED_TRACE(threads);
+    auto refused = engines[threads]->Refresh(Request(tmp / ("dp" + std::to_string(threads)), 3, v3), nullptr, cancel);
+    EXPECT_KIND(refused, OutcomeKind::kPermanentError);
+    EXPECT_NE(refused.message.find("d5/deeper/still/fifo"), std::string::npos) << refused.message;
+  }
 }
 
 // ---- Hostile sources ----

@@ -1246,9 +1246,9 @@ struct Engine::Impl {
         [&]() -> Status {
           if (!job.live_exists) return Status::Ok();
           if (job.old) job.live_stats.reserve(job.old->entries.size());
-          return internal::WalkTree(os, job.live.get(), &job.live_stats);
+          return internal::WalkTreeOnThreads(os, job.live.get(), &job.live_stats, threads);
         },
-        [&] { scanned = internal::ScanSource(os, src_root.get()); });
+        [&] { scanned = internal::ScanSource(os, src_root.get(), threads); });
     if (!walked.ok()) return ErrorOutcome(walked.take_error());
     if (!scanned.ok()) return ErrorOutcome(scanned.take_error());
     job.src = std::move(scanned).value();

@@ -1,6 +1,10 @@
 #include "fsutil.h"
 
+#include <atomic>
 #include <cerrno>
+#include <exception>
+#include <system_error>
+#include <thread>
 
 namespace despool::workers::internal {
 
@@ -164,6 +168,70 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
       DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, path));
     }
   }
+  return Status::Ok();
+}
+
+std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<Status(std::size_t)>& fn) {
+  std::vector<Status> results(n, Status::Ok());
+  // An exception (a fault-injection "crash" in tests) stops the work and is rethrown here, on
+  // the calling thread, once every thread has been joined.
+  std::vector<std::exception_ptr> thrown(n);
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> stop{false};
+  auto work = [&] {
+    for (std::size_t i = next++; i < n && !stop; i = next++) {
+      try {
+        results[i] = fn(i);
+      } catch (...) {
+        thrown[i] = std::current_exception();
+        stop = true;
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  const std::size_t extra = ways > 1 ? std::min<std::size_t>(static_cast<std::size_t>(ways) - 1, n) : 0;
+  for (std::size_t t = 0; t < extra; ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // no more threads to be had: the ones running (this one at least) do the rest
+    }
+  }
+  work();
+  for (auto& h : helpers) h.join();
+  for (const auto& e : thrown) {
+    if (e) std::rethrow_exception(e);
+  }
+  return results;
+}
+
+Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out, int ways) {
+  if (ways <= 1) return WalkTree(os, dirfd, out);
+  // The top level here; each directory in it is walked, into a map of its own, on a thread.
+  std::vector<DirEntry> entries;
+  if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir .", errno);
+  std::vector<std::string> dirs;
+  for (const auto& e : entries) {
+    struct stat st;
+    if (os.FstatAt(dirfd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      return SysError("stat " + e.name, errno);
+    }
+    (*out)[e.name] = st;
+    if (S_ISDIR(st.st_mode)) dirs.push_back(e.name);
+  }
+  std::vector<std::unordered_map<std::string, struct stat>> below(dirs.size());
+  const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t i) -> Status {
+    DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, dirs[i]));
+    return WalkTree(os, sub.get(), &below[i], dirs[i]);
+  });
+  for (const auto& st : statuses) {
+    if (!st.ok()) return st;
+  }
+  std::size_t total = out->size();
+  for (const auto& m : below) total += m.size();
+  out->reserve(total);
+  for (auto& m : below) out->merge(m);
   return Status::Ok();
 }
 

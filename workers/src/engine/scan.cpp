@@ -24,7 +24,9 @@ const char* TypeName(mode_t mode) {
   return "unsupported file type";
 }
 
-Status ScanDir(Os& os, int dirfd, int self, std::vector<SrcEntry>* out) {
+// Appends the entries below out[self] (the directory open as dirfd) in depth-first order;
+// with descend false only its own entries (the caller scans the directories among them).
+Status ScanDir(Os& os, int dirfd, int self, std::vector<SrcEntry>* out, bool descend = true) {
   std::vector<DirEntry> children;
   if (os.ReadDir(dirfd, &children) != 0) {
     return SysError("read source directory " + (*out)[self].path, errno);
@@ -64,7 +66,7 @@ Status ScanDir(Os& os, int dirfd, int self, std::vector<SrcEntry>* out) {
     }
     out->push_back(std::move(e));
     int index = static_cast<int>(out->size()) - 1;
-    if ((*out)[index].type == EntryType::kDir) {
+    if (descend && (*out)[index].type == EntryType::kDir) {
       int raw = os.OpenAt(dirfd, c.name.c_str(), kDirFlags, 0);
       if (raw < 0) return SysError("open source directory " + (*out)[index].path, errno);
       Fd sub(&os, raw);
@@ -142,7 +144,52 @@ Status ValidateSymlinks(const std::vector<SrcEntry>& entries) {
   return Status::Ok();
 }
 
-Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd) {
+namespace {
+
+// The top-level directories' subtrees scanned on up to `ways` threads, each into a vector that
+// starts with a copy of its directory's entry, then spliced in depth-first order: the entry of
+// top-level child c lands at g, and its subtree's local index k at g + k.
+Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, std::vector<SrcEntry>* out) {
+  std::vector<SrcEntry> top = std::move(*out);  // the root and its own entries
+  std::vector<std::size_t> dirs;
+  for (std::size_t i = 1; i < top.size(); ++i) {
+    if (top[i].type == EntryType::kDir) dirs.push_back(i);
+  }
+  std::vector<std::vector<SrcEntry>> below(dirs.size());
+  const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t d) -> Status {
+    const SrcEntry& dir = top[dirs[d]];
+    below[d].push_back(dir);
+    int raw = os.OpenAt(src_fd, dir.name.c_str(), kDirFlags, 0);
+    if (raw < 0) return SysError("open source directory " + dir.path, errno);
+    Fd sub(&os, raw);
+    return ScanDir(os, sub.get(), 0, &below[d]);
+  });
+  for (const auto& st : statuses) {
+    if (!st.ok()) return st;  // the first subtree in depth-first order that failed
+  }
+  std::size_t total = top.size();
+  for (const auto& b : below) total += b.size() - 1;
+  out->clear();
+  out->reserve(total);
+  out->push_back(std::move(top[0]));
+  std::size_t next_dir = 0;
+  for (std::size_t i = 1; i < top.size(); ++i) {
+    const int g = static_cast<int>(out->size());
+    out->push_back(std::move(top[i]));
+    if (next_dir < dirs.size() && dirs[next_dir] == i) {
+      auto& sub = below[next_dir++];
+      for (std::size_t k = 1; k < sub.size(); ++k) {
+        sub[k].parent += g;
+        out->push_back(std::move(sub[k]));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways) {
   std::vector<SrcEntry> out;
   SrcEntry root;
   root.path = ".";
@@ -150,7 +197,12 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd) {
   if (os.Fstat(src_fd, &root.st) != 0) return SysError("stat source root", errno);
   if (!S_ISDIR(root.st.st_mode)) return Hostile(".", "source is not a directory");
   out.push_back(std::move(root));
-  DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out));
+  if (ways <= 1) {
+    DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out));
+  } else {
+    DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
+    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, ways, &out));
+  }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));
   return out;
 }
