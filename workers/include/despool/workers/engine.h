@@ -198,7 +198,9 @@ struct EngineConfig {
   // copy helper thread when threads > 1. It may block (tests stop a child there and kill it).
   std::function<void(const char* point)> checkpoint;
   // Threads one refresh may use. With 2 or more: the walk of the live tree runs beside the scan
-  // of the source, file copies run on threads-1 helpers beside the staging walk (plus one
+  // of the source, and each of the two is split by top-level directory over `threads` threads
+  // (with cold caches more inode reads are then in flight; up to 2 x threads threads run during
+  // the scan), file copies run on threads-1 helpers beside the staging walk (plus one
   // thread that starts each copied file's writeback, so the disk works during the copy), and
   // the re-check of the source runs beside the syncfs of the staged tree. With 1 everything
   // (each copied file's writeback start too) runs on the calling thread in one fixed order, so
