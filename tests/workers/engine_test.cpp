@@ -7,8 +7,10 @@
 #include <xxhash.h>
 
 #include <atomic>
-#include <map>
+#include <chrono>
 #include <cstdio>
+#include <map>
+#include <thread>
 
 #include "despool/workers/engine.h"
 #include "despool/workers/os.h"
@@ -532,9 +534,30 @@ TEST_F(EngineTest, NotEnoughFreeSpaceIsRetryableBeforeCopying) {
 
 // ---- Scans on several threads ----
 
-// EngineConfig::threads splits the source scan and the live walk by top-level directory: the
-// engine must see what one thread sees (the same manifest of a deep tree, the same refusal of a
-// hostile entry deep in a subtree, a live file changed in place still copied afresh).
+// A disk whose every stat takes a while, as with cold caches (the engine walks on several
+// threads only then); it records how many stats were ever in flight at once.
+class ColdDiskOs : public FaultInjectingOs {
+ public:
+  int FstatAt(int dirfd, const char* path, struct stat* st, int flags) override {
+    const int now = ++in_flight_;
+    int seen = max_in_flight.load();
+    while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(60);
+    while (std::chrono::steady_clock::now() < until) std::this_thread::yield();  // the "disk read"
+    --in_flight_;
+    return FaultInjectingOs::FstatAt(dirfd, path, st, flags);
+  }
+  std::atomic<int> max_in_flight{0};
+
+ private:
+  std::atomic<int> in_flight_{0};
+};
+
+// EngineConfig::threads splits the source scan and the live walk by top-level directory when
+// the caches are cold: the engine must see what one thread sees (the same manifest of a deep
+// tree, the same refusal of a hostile entry deep in a subtree, a live file changed in place
+// still copied afresh).
 TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
   const std::string src = tmp / "deep";
   TreeOptions opt;
@@ -549,11 +572,14 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
   fs::create_symlink("../../d2/a", src + "/d3/up/link");  // in-package, two levels down
   std::map<int, workers::Manifest> manifests;
   std::map<int, std::unique_ptr<Engine>> engines;
+  std::map<int, std::unique_ptr<ColdDiskOs>> disks;
   for (int threads : {1, 4}) {
     SCOPED_TRACE(threads);
     const std::string r = tmp / ("dp" + std::to_string(threads));
     fs::create_directories(r);
+    disks[threads] = std::make_unique<ColdDiskOs>();
     EngineConfig c;
+    c.os = disks[threads].get();
     c.probe = probe;
     c.threads = threads;
     engines[threads] = std::make_unique<Engine>(c);
@@ -566,6 +592,8 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
   }
   EXPECT_EQ(manifests[1].entries, manifests[4].entries);
   EXPECT_GT(manifests[4].entries.size(), 80u);
+  EXPECT_EQ(disks[1]->max_in_flight.load(), 1);
+  EXPECT_GE(disks[4]->max_in_flight.load(), 2) << "the slow top level did not make the scan go parallel";
 
   // A live file rewritten in place, deep down, is copied afresh rather than linked.
   const std::string r4 = tmp / "dp4";
@@ -580,8 +608,10 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
     const struct timespec times[2] = {{0, UTIME_OMIT}, st.st_mtim};
     ASSERT_EQ(::utimensat(AT_FDCWD, twin.c_str(), times, AT_SYMLINK_NOFOLLOW), 0);
   }
+  disks[4]->max_in_flight = 0;
   auto out = engines[4]->Refresh(Request(r4, 2, v2), nullptr, cancel);
   EXPECT_KIND(out, OutcomeKind::kApplied);
+  EXPECT_GE(disks[4]->max_in_flight.load(), 3);  // the live walk beside the scan, both split
   EXPECT_EQ(out.stats.files_copied, 1u);
   EXPECT_EQ(Diff(Snap(v2), Snap(r4 + "/pkg")), "");
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <exception>
 #include <system_error>
 #include <thread>
@@ -205,9 +206,15 @@ std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<St
   return results;
 }
 
+int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns) {
+  if (ways <= 1 || entries == 0) return 1;
+  return elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs ? ways : 1;
+}
+
 Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out, int ways) {
   if (ways <= 1) return WalkTree(os, dirfd, out);
   // The top level here; each directory in it is walked, into a map of its own, on a thread.
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<DirEntry> entries;
   if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir .", errno);
   std::vector<std::string> dirs;
@@ -220,8 +227,17 @@ Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, stru
     (*out)[e.name] = st;
     if (S_ISDIR(st.st_mode)) dirs.push_back(e.name);
   }
+  const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+  const int walk_ways = WaysForColdness(ways, entries.size(), top_ns.count());
+  if (walk_ways <= 1) {
+    for (const auto& d : dirs) {
+      DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, d));
+      DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, d));
+    }
+    return Status::Ok();
+  }
   std::vector<std::unordered_map<std::string, struct stat>> below(dirs.size());
-  const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t i) -> Status {
+  const auto statuses = RunOnThreads(dirs.size(), walk_ways, [&](std::size_t i) -> Status {
     DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, dirs[i]));
     return WalkTree(os, sub.get(), &below[i], dirs[i]);
   });

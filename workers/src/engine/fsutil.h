@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -67,11 +68,19 @@ Status RemoveChildren(Os& os, int dirfd);
 Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
                 const std::string& prefix = "");
 
-// WalkTree with the subtrees of the top-level directories walked on up to `ways` threads. Why:
-// with cold caches a walk waits on one inode-table read at a time; more walks in flight read
-// the same tree faster (a cold 100 x 100-file tree: 65 ms on 1 thread, 41 on 2, 31 on 4).
-// The result is WalkTree's; ways <= 1 is WalkTree.
+// WalkTree with the subtrees of the top-level directories walked on up to `ways` threads when
+// the top level shows the caches are cold. Why: cold, a walk waits on one inode-table read at
+// a time, and more walks in flight read the same tree faster (a cold 100 x 100-file tree: 65 ms
+// on 1 thread, 41 on 2, 31 on 4); warm, the walk is CPU work and extra threads on a busy
+// machine only add switching (engine_bench's warm repeats: +4 ms). The result is WalkTree's;
+// ways <= 1 is WalkTree.
 Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out, int ways);
+
+// How many threads to walk the rest of a tree on, given how long the `entries` stats of its top
+// level took: `ways` when they averaged more than kColdStatNs each (the inodes came from the
+// disk), else 1.
+inline constexpr std::int64_t kColdStatNs = 20'000;
+int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns);
 
 // Runs fn(i) for i in [0, n) on up to `ways` threads (this one included); the statuses by i.
 std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<Status(std::size_t)>& fn);

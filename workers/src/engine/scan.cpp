@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <deque>
 #include <unordered_map>
@@ -200,8 +201,11 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways) {
   if (ways <= 1) {
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out));
   } else {
+    // The top level on this thread; the rest on `ways` threads only if it found cold caches.
+    const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
-    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, ways, &out));
+    const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, WaysForColdness(ways, out.size() - 1, top_ns.count()), &out));
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));
   return out;
