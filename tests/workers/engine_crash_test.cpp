@@ -15,13 +15,6 @@
 namespace despool::enginetest {
 namespace {
 
-using workers::CancelToken;
-using workers::Engine;
-using workers::EngineConfig;
-using workers::FaultInjectingOs;
-using workers::FaultRule;
-using workers::OutcomeKind;
-
 class CrashTest : public ::testing::Test {
  public:  // used by the scenario helpers below
   // Engines without an explicit Os skip fsync (see set_sync_noop): these tests simulate kill -9,

@@ -13,9 +13,6 @@ namespace despool::enginetest {
 namespace {
 
 using despool::testing::HolderProcess;
-using workers::CancelToken;
-using workers::Engine;
-using workers::OutcomeKind;
 
 class SeedTest : public ::testing::TestWithParam<HolderProcess::Mode> {
  protected:

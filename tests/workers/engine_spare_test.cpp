@@ -11,14 +11,6 @@
 namespace despool::enginetest {
 namespace {
 
-using workers::CancelToken;
-using workers::Engine;
-using workers::EngineConfig;
-using workers::FaultInjectingOs;
-using workers::FaultRule;
-using workers::OutcomeKind;
-using workers::RefreshOutcome;
-
 constexpr int kFiles = 40;
 
 class SpareSeedTest : public ::testing::Test {

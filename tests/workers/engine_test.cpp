@@ -19,14 +19,6 @@
 namespace despool::enginetest {
 namespace {
 
-using workers::CancelToken;
-using workers::Engine;
-using workers::EngineConfig;
-using workers::FaultInjectingOs;
-using workers::FaultRule;
-using workers::OutcomeKind;
-using workers::RefreshOutcome;
-
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -26,6 +26,14 @@ namespace despool::enginetest {
 namespace fs = std::filesystem;
 
 using testsupport::TempDir;
+// The engine's names every engine test uses.
+using workers::CancelToken;
+using workers::Engine;
+using workers::EngineConfig;
+using workers::FaultInjectingOs;
+using workers::FaultRule;
+using workers::OutcomeKind;
+using workers::RefreshOutcome;
 
 inline void SetMtime(const std::string& path, std::int64_t sec, long nsec = 0) {
   struct timespec ts[2] = {{0, UTIME_OMIT}, {static_cast<time_t>(sec), nsec}};
