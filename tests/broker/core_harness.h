@@ -99,6 +99,13 @@ class CoreHarness {
     Commit();
   }
 
+  // Sets the clock to `at`, then a heartbeat from `peer` and a round: the timers run at `at`.
+  void AdvanceTo(std::int64_t at, const std::string& peer) {
+    now = at;
+    Heartbeat(peer);
+    Round();
+  }
+
   void Result(const std::string& peer, const std::string& job, std::uint64_t attempt, msg::Outcome outcome,
               std::vector<std::string> in_use = {}, std::optional<std::string> error = {}) {
     msg::JobResult r;

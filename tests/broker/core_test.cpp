@@ -546,13 +546,9 @@ TEST(Core, RestartRebuildsQueuesTimersAndOrphans) {
   ASSERT_EQ(d2.size(), 1u);
   EXPECT_EQ(d2[0].job_id, queued);
   // The deferred job comes due at its stored time.
-  h.now = due - 1;
-  h.Heartbeat("w1b");
-  h.Round();
+  h.AdvanceTo(due - 1, "w1b");
   EXPECT_EQ(h.Job(deferred).state, JobState::kDeferred);
-  h.now = due;
-  h.Heartbeat("w1b");
-  h.Round();
+  h.AdvanceTo(due, "w1b");
   EXPECT_EQ(h.Job(deferred).state, JobState::kRunning);
   // New ids never repeat old ones.
   auto fresh = h.Submit(h.Refresh("new", 1, {"dp2"}))[0];
@@ -676,38 +672,26 @@ TEST(Core, ParkedJobsAreAnnouncedForWarmingAheadAndStillComeDueOnTime) {
   const std::int64_t due2 = *h.Job(second).next_attempt_at_ms;
   ASSERT_EQ(due2, due1 + 300);
   (void)h.core().TakeWarm();
-  h.now = due1 - 1001;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due1 - 1001, "w1");
   EXPECT_TRUE(h.core().TakeWarm().empty());
-  h.now = due1 - 1000;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due1 - 1000, "w1");
   EXPECT_EQ(h.core().TakeWarm(), std::vector<std::string>{first});
   EXPECT_EQ(*h.core().NextDue(), due1);
-  h.now = due2 - 1000;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due2 - 1000, "w1");
   EXPECT_EQ(h.core().TakeWarm(), std::vector<std::string>{second});  // each announced once
   // A release hint makes the second one due now, ahead of its announced entry.
   h.core().OnWorkerMessage("w1", msg::ReleaseHint{second, 1}, h.now);
   h.Round();
   EXPECT_EQ(h.Job(second).state, JobState::kRunning);
   EXPECT_EQ(h.Job(first).state, JobState::kDeferred);
-  h.now = due1 - 1;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due1 - 1, "w1");
   EXPECT_EQ(h.Job(first).state, JobState::kDeferred);
-  h.now = due1;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due1, "w1");
   EXPECT_EQ(h.Job(first).state, JobState::kRunning);
   EXPECT_EQ(h.core().DueLateness().count, 2u);
   EXPECT_EQ(h.core().DueLateness().max_ms, 0);
   // The second one's stale entry (before the hint) moves nothing when its old time comes.
-  h.now = due2;
-  h.Heartbeat("w1");
-  h.Round();
+  h.AdvanceTo(due2, "w1");
   EXPECT_EQ(h.core().DueLateness().count, 2u);
   EXPECT_TRUE(h.core().TakeWarm().empty());
 }
