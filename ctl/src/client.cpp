@@ -6,6 +6,7 @@
 #include <utility>
 #include <zmq.hpp>
 
+#include "despool/common/zmq_wait.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/topics.h"
 
@@ -44,23 +45,6 @@ ErrorCode CodeFor(msg::ErrorKind kind) {
     case msg::ErrorKind::kTooLarge: return ErrorCode::kResourceExhausted;
     case msg::ErrorKind::kInternal: return ErrorCode::kInternal;
     default: return ErrorCode::kInvalidArgument;
-  }
-}
-
-// Polls one socket, retrying on EINTR, until an event or the deadline. True if ready.
-bool PollIn(zmq::socket_t& socket, Clock::time_point deadline) {
-  for (;;) {
-    const auto now = Clock::now();
-    const auto left = deadline > now ? std::chrono::duration_cast<Millis>(deadline - now) : Millis{0};
-    std::vector<zmq_pollitem_t> items{{socket.handle(), 0, ZMQ_POLLIN, 0}};
-    try {
-      zmq::poll(items, left);
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      throw;
-    }
-    if (items[0].revents & ZMQ_POLLIN) return true;
-    if (Clock::now() >= deadline) return false;
   }
 }
 
@@ -119,7 +103,7 @@ Result<std::string> Client::RequestRaw(const std::string& frame, Millis timeout)
       (void)ResetSocket();
       return Unavailable(endpoint_, timeout);
     }
-    if (!PollIn(*socket_, deadline)) {
+    if (!WaitReadable(*socket_, deadline)) {
       (void)ResetSocket();
       return Unavailable(endpoint_, timeout);
     }
@@ -153,7 +137,7 @@ Result<msg::Envelope> Client::Request(msg::Body body, Millis timeout) {
       return Unavailable(endpoint_, timeout);
     }
     for (;;) {
-      if (!PollIn(*socket_, deadline)) {
+      if (!WaitReadable(*socket_, deadline)) {
         (void)ResetSocket();
         return Unavailable(endpoint_, timeout);
       }
@@ -361,7 +345,7 @@ Result<std::optional<msg::Event>> EventFollower::NextImpl(Millis timeout) {
     }
     if (now >= deadline) return std::optional<msg::Event>();
     const auto wake = std::min(deadline, last_activity_ + resync);
-    if (!PollIn(*sub_, wake)) continue;
+    if (!WaitReadable(*sub_, wake)) continue;
     zmq::message_t topic;
     if (!sub_->recv(topic, zmq::recv_flags::dontwait)) continue;
     std::string envelope_frame;

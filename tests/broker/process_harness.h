@@ -24,7 +24,7 @@
 #include <zmq.hpp>
 
 #include "support/test_support.h"
-#include "support/zmq_wait.h"
+#include "despool/common/zmq_wait.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/types.h"
 
@@ -171,7 +171,7 @@ class Peer {
   // The next decodable envelope within `timeout`.
   std::optional<msg::Envelope> Recv(std::chrono::milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    while (testsupport::WaitReadable(sock_, deadline)) {
+    while (WaitReadable(sock_, deadline)) {
       zmq::message_t m;
       if (!sock_.recv(m, zmq::recv_flags::dontwait)) continue;
       auto d = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()), Limits());

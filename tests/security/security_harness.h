@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "broker/process_harness.h"
-#include "support/zmq_wait.h"
 #include "despool/common/curve.h"
+#include "despool/common/zmq_wait.h"
 
 namespace despool::security_testing {
 
@@ -98,7 +98,7 @@ class CurveClient {
   }
   std::optional<msg::Envelope> Recv(std::chrono::milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
-    while (testsupport::WaitReadable(sock_, deadline)) {
+    while (WaitReadable(sock_, deadline)) {
       zmq::message_t m;
       if (!sock_.recv(m, zmq::recv_flags::dontwait)) continue;
       auto d = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()), Peer::Limits());

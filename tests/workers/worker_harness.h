@@ -29,7 +29,7 @@
 #include <zmq.hpp>
 
 #include "support/test_support.h"
-#include "support/zmq_wait.h"
+#include "despool/common/zmq_wait.h"
 #include "despool/messages/codec.h"
 #include "despool/messages/types.h"
 
@@ -247,7 +247,7 @@ class Frontend {
     const std::string payload = msg::Encode(msg::Envelope{msg::kProtocolVersion, id, std::move(body)});
     sock_->send(zmq::buffer(payload), zmq::send_flags::none);
     const auto deadline = Clock::now() + timeout;
-    while (testsupport::WaitReadable(*sock_, deadline)) {
+    while (WaitReadable(*sock_, deadline)) {
       zmq::message_t m;
       if (!sock_->recv(m, zmq::recv_flags::dontwait)) continue;
       auto decoded = msg::Decode(std::string_view(static_cast<const char*>(m.data()), m.size()));

@@ -1,4 +1,5 @@
-// Waiting on a ZeroMQ socket against a deadline, shared by the test harnesses.
+// Waiting on a ZeroMQ socket against a deadline (despoolctl's client, the test harnesses).
+// Header-only over cppzmq: users link cppzmq themselves.
 #pragma once
 
 #include <cerrno>
@@ -6,9 +7,9 @@
 #include <vector>
 #include <zmq.hpp>
 
-namespace despool::testsupport {
+namespace despool {
 
-// True once `socket` has a message to read; false when `deadline` passes first.
+// True once `socket` has a message to read; false when `deadline` passes first. EINTR retries.
 // zmq_poll reads any negative timeout as "wait forever", so the timeout is recomputed from the
 // deadline on every pass and never goes below zero: a caller descheduled past its deadline
 // between the check and the poll must not block for good on a peer that never answers (a CURVE
@@ -30,4 +31,4 @@ inline bool WaitReadable(zmq::socket_t& socket, std::chrono::steady_clock::time_
   }
 }
 
-}  // namespace despool::testsupport
+}  // namespace despool
