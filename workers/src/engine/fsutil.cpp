@@ -152,8 +152,13 @@ Status RemoveTree(Os& os, int dirfd, const std::string& name) {
   return Status::Ok();
 }
 
-Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
-                const std::string& prefix) {
+namespace {
+
+using StatMap = std::unordered_map<std::string, struct stat>;
+
+// Stats the entries of one directory into `out`, keyed under `prefix` (one that vanished
+// meanwhile is skipped); the names of the directories among them go to `dirs`.
+Status StatLevel(Os& os, int dirfd, const std::string& prefix, StatMap* out, std::vector<std::string>* dirs) {
   std::vector<DirEntry> entries;
   if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir " + prefix, errno);
   for (const auto& e : entries) {
@@ -162,14 +167,27 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
       if (errno == ENOENT) continue;
       return SysError("stat " + Join(prefix, e.name), errno);
     }
-    std::string path = Join(prefix, e.name);
-    (*out)[path] = st;
-    if (S_ISDIR(st.st_mode)) {
-      DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, e.name));
-      DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, path));
-    }
+    (*out)[Join(prefix, e.name)] = st;
+    if (S_ISDIR(st.st_mode)) dirs->push_back(e.name);
   }
   return Status::Ok();
+}
+
+// WalkTree below each of `dirs` (names in the directory open as dirfd, itself at `prefix`).
+Status WalkDirs(Os& os, int dirfd, const std::string& prefix, const std::vector<std::string>& dirs, StatMap* out) {
+  for (const auto& d : dirs) {
+    DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, d));
+    DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, Join(prefix, d)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WalkTree(Os& os, int dirfd, StatMap* out, const std::string& prefix) {
+  std::vector<std::string> dirs;
+  DESPOOL_RETURN_IF_ERROR(StatLevel(os, dirfd, prefix, out, &dirs));
+  return WalkDirs(os, dirfd, prefix, dirs, out);
 }
 
 std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<Status(std::size_t)>& fn) {
@@ -211,32 +229,18 @@ int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns) {
   return elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs ? ways : 1;
 }
 
-Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out, int ways) {
+Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways) {
   if (ways <= 1) return WalkTree(os, dirfd, out);
-  // The top level here; each directory in it is walked, into a map of its own, on a thread.
+  // The top level here; the directories in it on `ways` threads if it found cold caches, each
+  // into a map of its own.
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<DirEntry> entries;
-  if (os.ReadDir(dirfd, &entries) != 0) return SysError("readdir .", errno);
   std::vector<std::string> dirs;
-  for (const auto& e : entries) {
-    struct stat st;
-    if (os.FstatAt(dirfd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-      if (errno == ENOENT) continue;
-      return SysError("stat " + e.name, errno);
-    }
-    (*out)[e.name] = st;
-    if (S_ISDIR(st.st_mode)) dirs.push_back(e.name);
-  }
+  const std::size_t before = out->size();
+  DESPOOL_RETURN_IF_ERROR(StatLevel(os, dirfd, "", out, &dirs));
   const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-  const int walk_ways = WaysForColdness(ways, entries.size(), top_ns.count());
-  if (walk_ways <= 1) {
-    for (const auto& d : dirs) {
-      DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, d));
-      DESPOOL_RETURN_IF_ERROR(WalkTree(os, sub.get(), out, d));
-    }
-    return Status::Ok();
-  }
-  std::vector<std::unordered_map<std::string, struct stat>> below(dirs.size());
+  const int walk_ways = WaysForColdness(ways, out->size() - before, top_ns.count());
+  if (walk_ways <= 1) return WalkDirs(os, dirfd, "", dirs, out);
+  std::vector<StatMap> below(dirs.size());
   const auto statuses = RunOnThreads(dirs.size(), walk_ways, [&](std::size_t i) -> Status {
     DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, dirs[i]));
     return WalkTree(os, sub.get(), &below[i], dirs[i]);
