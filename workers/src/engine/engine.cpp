@@ -17,7 +17,6 @@
 #include <cstring>
 #include <deque>
 #include <exception>
-#include <future>
 #include <random>
 #include <string>
 #include <system_error>
@@ -145,31 +144,18 @@ struct Engine::Impl {
   }
 
   // Runs `side` and `main_fn`; returns side's status (main_fn reports through its captures).
-  // With threads > 1 `side` runs on a helper thread while `main_fn` runs on the calling thread;
-  // otherwise side runs first, then main_fn. Only read-only passes (stat, open, readdir) go on
-  // the side, so the interleaving changes nothing on disk; an exception in either (a test's
+  // With threads > 1 they run at once, on the calling thread and a helper (internal::
+  // RunOnThreads, which falls back to this thread alone when no thread can be had); otherwise
+  // side runs first, then main_fn. Only read-only passes (stat, open, readdir) go on the side,
+  // so the interleaving changes nothing on disk; an exception in either (a test's
   // InjectedCrash) reaches the caller after both have finished.
   Status Beside(const std::function<Status()>& side, const std::function<void()>& main_fn) {
-    std::future<Status> helper;
-    if (threads > 1) {
-      try {
-        helper = std::async(std::launch::async, side);
-      } catch (const std::system_error& e) {  // no thread to be had: do it here
-        Log()->warn("running a refresh pass without a helper thread: {}", e.what());
-      }
-    }
-    if (!helper.valid()) {
-      Status s = side();
+    const auto statuses = internal::RunOnThreads(2, threads > 1 ? 2 : 1, [&](std::size_t i) -> Status {
+      if (i == 0) return side();
       main_fn();
-      return s;
-    }
-    try {
-      main_fn();
-    } catch (...) {
-      helper.wait();
-      throw;
-    }
-    return helper.get();
+      return Status::Ok();
+    });
+    return statuses[0];
   }
 
   // ---- layout ----
