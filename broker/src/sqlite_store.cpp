@@ -343,7 +343,6 @@ class SqliteStore final : public Store {
         if (sqlite3_step(m.get()) == SQLITE_ROW) {
           st.last_event_seq = std::max<std::uint64_t>(st.last_event_seq, std::stoull(ColText(m.get(), 0)));
         }
-        last_event_ = st.last_event_seq;
       }
       {
         // A covering-index count; the Core keeps the counts current afterwards.
@@ -396,10 +395,7 @@ class SqliteStore final : public Store {
       return e;
     }
     commit_->Reset();
-    if (!b.events.empty()) {
-      last_event_ = b.events.back().seq;
-      if (oldest_event_ == 0) oldest_event_ = b.events.front().seq;
-    }
+    if (!b.events.empty() && oldest_event_ == 0) oldest_event_ = b.events.front().seq;
     if (pruned_to_) oldest_event_ = std::max(oldest_event_, *pruned_to_);
     AfterCommit();
     return Status::Ok();
@@ -920,8 +916,7 @@ class SqliteStore final : public Store {
   std::unique_ptr<MultiRowInsert> upsert_job_, insert_attempt_, insert_event_;
   std::unique_ptr<Stmt> insert_dp_, set_meta_, prune_events_, begin_, commit_, rollback_;
   std::vector<std::string> scratch_;            // strings bound to the statement being run
-  std::uint64_t oldest_event_ = 0;
-  std::uint64_t last_event_ = 0;
+  std::uint64_t oldest_event_ = 0;              // the oldest stored event, for PruneEvents
   std::optional<std::uint64_t> pruned_to_;      // set by the batch being written
 };
 
