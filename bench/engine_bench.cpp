@@ -70,15 +70,19 @@ double CpuSecs() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-std::uint64_t WriteBytes() {
+// A counter of /proc/self/io: "write_bytes:" or "read_bytes:" (bytes this process, and the
+// children it has reaped, caused to be written to or read from the storage layer).
+std::uint64_t IoCounter(const char* key_wanted) {
   std::ifstream in("/proc/self/io");
   std::string key;
   std::uint64_t v = 0;
   while (in >> key >> v) {
-    if (key == "write_bytes:") return v;
+    if (key == key_wanted) return v;
   }
   return 0;
 }
+std::uint64_t WriteBytes() { return IoCounter("write_bytes:"); }
+std::uint64_t ReadBytes() { return IoCounter("read_bytes:"); }
 
 int Sh(const std::string& cmd) {
   int rc = std::system(cmd.c_str());
@@ -200,6 +204,7 @@ struct Row {
   double secs = 0, secs_sync = -1;
   double cpu = -1;  // ours only: CPU seconds of the refresh (all its threads)
   std::uint64_t bytes = 0;
+  std::uint64_t read_bytes = 0;  // read from storage (not the page cache)
   bool valid = false;
   std::string note;
   despool::workers::RefreshStats stats;  // ours only
@@ -207,14 +212,15 @@ struct Row {
 
 void Print(const std::string& title, const std::vector<Row>& rows, double ref) {
   std::printf("\n%s\n", title.c_str());
-  std::printf("  %-34s %9s %11s %12s %8s  %s\n", "method", "time s", "+sync s", "written MiB",
-              "vs ours", "result");
+  std::printf("  %-34s %9s %11s %12s %9s %8s  %s\n", "method", "time s", "+sync s",
+              "written MiB", "read MiB", "vs ours", "result");
   for (const auto& r : rows) {
     char sync_col[32] = "-";
     if (r.secs_sync >= 0) std::snprintf(sync_col, sizeof sync_col, "%.3f", r.secs_sync);
     double t = r.secs_sync >= 0 ? r.secs_sync : r.secs;
-    std::printf("  %-34s %9.3f %11s %12.1f %7.2fx  %s%s\n", r.name.c_str(), r.secs, sync_col,
-                static_cast<double>(r.bytes) / 1048576.0, ref > 0 ? t / ref : 0.0,
+    std::printf("  %-34s %9.3f %11s %12.1f %9.1f %7.2fx  %s%s\n", r.name.c_str(), r.secs,
+                sync_col, static_cast<double>(r.bytes) / 1048576.0,
+                static_cast<double>(r.read_bytes) / 1048576.0, ref > 0 ? t / ref : 0.0,
                 r.valid ? "ok" : "MISMATCH (run does not count)", r.note.c_str());
   }
 }
@@ -228,9 +234,11 @@ Row Tool(const std::string& name, const std::string& cmd, const std::string& res
   r.name = name;
   ::sync();
   auto w0 = WriteBytes();
+  auto rd0 = ReadBytes();
   auto t0 = Clock::now();
   Sh(cmd);
   auto t1 = Clock::now();
+  r.read_bytes = ReadBytes() - rd0;
   ::sync();
   auto t2 = Clock::now();
   r.bytes = WriteBytes() - w0;
@@ -253,10 +261,12 @@ Row Ours(Engine& engine, const std::string& name, const std::string& root, std::
   req.source_dir = src;
   despool::workers::CancelToken cancel;
   auto w0 = WriteBytes();
+  auto rd0 = ReadBytes();
   double c0 = CpuSecs();
   auto t0 = Clock::now();
   auto out = engine.Refresh(req, nullptr, cancel);
   auto t1 = Clock::now();
+  r.read_bytes = ReadBytes() - rd0;
   r.cpu = CpuSecs() - c0;
   r.bytes = WriteBytes() - w0;
   r.secs = Secs(t1 - t0);
@@ -267,14 +277,16 @@ Row Ours(Engine& engine, const std::string& name, const std::string& root, std::
   }
   const auto& s = out.stats;
   r.stats = s;
-  char buf[400];
+  char buf[512];
   std::snprintf(buf, sizeof buf,
                 "\n      copied %llu files / %.1f MiB, linked %llu; scan %.3f stage %.3f sync %.3f "
-                "in-use %.3f switch %.3f retire %.3f; cpu %.3f",
+                "in-use %.3f switch %.3f retire %.3f; cpu %.3f; CLOCK_MONOTONIC %.6f,%.6f (for "
+                "perf record -k mono; perf report --time)",
                 static_cast<unsigned long long>(s.files_copied),
                 static_cast<double>(s.bytes_copied) / 1048576.0,
                 static_cast<unsigned long long>(s.files_linked), Secs(s.scan), Secs(s.stage),
-                Secs(s.sync), Secs(s.in_use_check), Secs(s.switch_time), Secs(s.retire), r.cpu);
+                Secs(s.sync), Secs(s.in_use_check), Secs(s.switch_time), Secs(s.retire), r.cpu,
+                Secs(t0.time_since_epoch()), Secs(t1.time_since_epoch()));
   r.note = buf;
   r.valid = !validate || Fingerprint(root + "/pkg") == want;
   return r;
