@@ -1,8 +1,12 @@
 // The spare seeded after a first install (EngineConfig::seed_spare): a hard-link clone of the new
 // live tree, so that the first incremental refresh after an install stages like any later one
 // (unchanged files kept as they are, not linked one by one), and a seeding that fails changes
-// nothing of the install's outcome.
+// nothing of the install's outcome. Also what the staging takes out of a reused spare (renamed
+// aside, removed on a thread of its own).
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <iterator>
 
 #include "despool/workers/engine.h"
 #include "despool/workers/os.h"
@@ -37,8 +41,10 @@ class SpareSeedTest : public ::testing::Test {
   }
 
   std::unique_ptr<Engine> MakeEngine(workers::Os* os = nullptr, bool seed = true,
-                                     std::function<void(const char*)> checkpoint = {}) {
+                                     std::function<void(const char*)> checkpoint = {},
+                                     int threads = 2) {
     EngineConfig c;
+    c.threads = threads;
     c.os = os;
     c.probe = std::make_shared<FakeProbe>();
     c.seed_spare = seed;
@@ -239,6 +245,101 @@ TEST_F(SpareSeedTest, RecoveryRemovesAnInterruptedSeeding) {
   EXPECT_FALSE(fs::exists(Seeding()));
   EXPECT_EQ(Diff(Snap(v1), Snap(Live())), "");
   EXPECT_EQ(Strays(root, "pkg"), "");
+}
+
+// v3: v2 with d3/f3.bin changed. Installed v1, then v2: the spare is the retired v1 tree, whose
+// d1/f1.bin and f4.bin are stale (v2 changed them: the live files are other inodes), whose
+// d2/f2.bin v2 removed, whose d3/f3.bin is the live file that v3 replaces, and whose symlink
+// d1/link-to-f0 differs from v3's in mtime (copying a tree gives its symlinks new mtimes).
+class StaleSpareTest : public SpareSeedTest {
+ protected:
+  void SetUp() override {
+    SpareSeedTest::SetUp();
+    v3 = tmp / "v3";
+    fs::copy(v2, v3, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+    for (auto& [rel, node] : Snap(v2)) {
+      if (node.type != 'l') {
+        SetMtime(v3 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+      }
+    }
+    WriteFile(v3 + "/d3/f3.bin", "changed in v3", 0644, 1800000002);
+    SetMtime(v3 + "/d3", 1650000000);
+    ASSERT_EQ(Run(*MakeEngine(), 1, v1).kind, OutcomeKind::kApplied);
+    ASSERT_EQ(Run(*MakeEngine(), 2, v2).kind, OutcomeKind::kApplied);
+    ASSERT_TRUE(fs::exists(Spare() + "/d2/f2.bin"));
+  }
+  // Renames of the five spare entries the v3 staging takes out, by name.
+  static size_t TakenOut(const std::vector<workers::OsCall>& calls) {
+    size_t n = 0;
+    for (const auto& c : calls) {
+      n += c.op == "RenameAt2" &&
+           (c.arg == "f1.bin" || c.arg == "f4.bin" || c.arg == "f2.bin" || c.arg == "f3.bin" ||
+            c.arg == "link-to-f0");
+    }
+    return n;
+  }
+  std::string Discarded() const {
+    return root + "/.despool/trash/pkg@discards." + std::to_string(::getpid());
+  }
+  std::string v3;
+};
+
+// With helper threads, what the staging takes out of the spare is renamed aside and removed on
+// a thread of its own (a freed file's blocks wait for the device's discard); the result is the
+// same as removing in place, which a single-threaded engine does.
+TEST_F(StaleSpareTest, StaleEntriesAreRenamedAsideAndRemovedBesideTheStaging) {
+  for (int threads : {2, 1}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    if (threads == 1) {  // start over: install v1, v2 again
+      root = tmp / "dp1";
+      fs::create_directories(root);
+      ASSERT_EQ(Run(*MakeEngine(), 1, v1).kind, OutcomeKind::kApplied);
+      ASSERT_EQ(Run(*MakeEngine(), 2, v2).kind, OutcomeKind::kApplied);
+    }
+    FaultInjectingOs recorder;
+    recorder.set_recording(true);
+    auto out = Run(*MakeEngine(&recorder, true, {}, threads), 3, v3);
+    ASSERT_EQ(out.kind, OutcomeKind::kApplied) << out.message;
+    EXPECT_EQ(Diff(Snap(v3), Snap(Live())), "");
+    EXPECT_EQ(Strays(root, "pkg"), "");
+    EXPECT_FALSE(fs::exists(Discarded()));
+    auto calls = recorder.calls();
+    EXPECT_EQ(TakenOut(calls), threads > 1 ? 5u : 0u);
+    // Each renamed entry was then removed from the scratch dir ("0", "1", ... in it).
+    size_t removed = 0;
+    for (const auto& c : calls) {
+      removed += c.op == "UnlinkAt" && c.arg.find_first_not_of("0123456789") == std::string::npos;
+    }
+    EXPECT_EQ(removed, threads > 1 ? 5u : 0u);
+    auto report = MakeEngine()->Verify(root, "pkg");
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->clean());
+  }
+}
+
+// A removal that fails changes nothing of the outcome: the entries stay in the scratch dir in
+// the trash, which the package's next refresh removes.
+TEST_F(StaleSpareTest, AFailedRemovalLeavesTrashThatTheNextRefreshRemoves) {
+  FaultInjectingOs faulty;
+  auto e = MakeEngine(&faulty, true, [&](const char* point) {
+    // Every unlink made while staging is a removal of a taken-out entry.
+    if (std::string(point) == "staging") {
+      faulty.AddRule(FaultRule{"UnlinkAt", 1, FaultRule::Action::kFail, EIO, true});
+    }
+    if (std::string(point) == "staged") faulty.ClearRules();
+  });
+  auto out = Run(*e, 3, v3);
+  ASSERT_EQ(out.kind, OutcomeKind::kApplied) << out.message;
+  EXPECT_EQ(Diff(Snap(v3), Snap(Live())), "");
+  ASSERT_TRUE(fs::exists(Discarded()));
+  EXPECT_EQ(std::distance(fs::directory_iterator(Discarded()), fs::directory_iterator()), 5);
+  EXPECT_NE(Strays(root, "pkg"), "");
+  // The next refresh recovers the package before it stages (an up-to-date one writes nothing).
+  auto next = Run(*MakeEngine(), 4, v3);
+  EXPECT_EQ(next.kind, OutcomeKind::kApplied) << next.message;
+  EXPECT_FALSE(fs::exists(Discarded()));
+  EXPECT_EQ(Strays(root, "pkg"), "");
+  EXPECT_EQ(Diff(Snap(v3), Snap(Live())), "");
 }
 
 }  // namespace

@@ -633,6 +633,130 @@ struct Engine::Impl {
     job.prog.files_done++;
   }
 
+  // What the staging takes out of the reused spare tree (a stale file, an entry the source no
+  // longer has): renamed into a scratch dir, .despool/trash/<pkg>@discards.<pid>, and removed
+  // there on a thread of its own while the staging goes on. Why: removing a file's last link
+  // frees its blocks, and on a filesystem mounted with `discard` (and no journal to batch them)
+  // each free waits for the device to discard them: 100 unlinks of ~90 KB files took 10.5 ms
+  // here, 100 renames 1.4 ms. The walk only needs the name to be free.
+  // Take is thread-safe (copy helpers call it too). Finish, at the end of the staging, waits for
+  // every removal, removes the scratch dir and rethrows a removal's exception (a test's
+  // InjectedCrash: it stops the refresh as a kill -9 would, whichever thread it hit). Another
+  // failed removal only leaves entries behind, which the package's next recovery removes (it
+  // empties the trash of `<pkg>@*`), as it does after a crash. With `background` false (threads
+  // <= 1) Take removes the entry itself.
+  class Discards {
+   public:
+    Discards(Impl& impl, Dirs& d, const std::string& pkg, bool background)
+        : impl_(impl), d_(d), dir_name_(pkg + "@discards." + std::to_string(::getpid())),
+          background_(background) {}
+    ~Discards() { Stop(); }
+    Discards(const Discards&) = delete;
+    Discards& operator=(const Discards&) = delete;
+
+    Status Take(int dirfd, const std::string& name) {
+      std::unique_lock lock(mu_);
+      if (background_ && !failed_) {
+        if (!dir_.valid()) Start();
+        if (dir_.valid()) {
+          std::string moved = std::to_string(next_++);
+          lock.unlock();
+          if (impl_.os.RenameAt2(dirfd, name.c_str(), dir_.get(), moved.c_str(), RENAME_NOREPLACE) == 0) {
+            lock.lock();
+            queue_.push_back(std::move(moved));
+            lock.unlock();
+            cv_.notify_one();
+            return Status::Ok();
+          }
+          if (errno == ENOENT) return Status::Ok();
+        }
+      }
+      if (lock.owns_lock()) lock.unlock();
+      return internal::RemoveTree(impl_.os, dirfd, name);
+    }
+
+    Status Finish() {
+      Stop();
+      if (exception_) std::rethrow_exception(std::exchange(exception_, nullptr));
+      if (!dir_.valid()) return Status::Ok();
+      dir_.Reset();
+      if (impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        Log()->warn("could not remove {}: {} (the next refresh of the package removes it)",
+                    dir_name_, std::strerror(errno));
+      }
+      return Status::Ok();
+    }
+
+   private:
+    // Creates the scratch dir and the removing thread; on failure Take removes in place.
+    void Start() {
+      if (impl_.os.MkdirAt(d_.trash.get(), dir_name_.c_str(), 0700) != 0 && errno != EEXIST) {
+        failed_ = true;
+        return;
+      }
+      int raw = impl_.os.OpenAt(d_.trash.get(), dir_name_.c_str(), kDirFlags, 0);
+      if (raw < 0) {
+        failed_ = true;
+        return;
+      }
+      dir_ = Fd(&impl_.os, raw);
+      try {
+        thread_ = std::thread([this] { Loop(); });
+      } catch (const std::system_error& e) {
+        Log()->warn("removing stale spare entries on the staging thread: {}", e.what());
+        dir_.Reset();
+        (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
+        failed_ = true;
+      }
+    }
+
+    void Loop() {
+      std::unique_lock lock(mu_);
+      for (;;) {
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopped with nothing left
+        std::string name = std::move(queue_.front());
+        queue_.pop_front();
+        lock.unlock();
+        try {
+          if (Status s = internal::RemoveTree(impl_.os, dir_.get(), name); !s.ok()) {
+            Log()->warn("could not remove a stale spare entry: {}", s.error().ToString());
+          }
+        } catch (...) {
+          lock.lock();
+          exception_ = std::current_exception();
+          queue_.clear();
+          return;
+        }
+        lock.lock();
+      }
+    }
+
+    // Waits for the queued removals and the thread.
+    void Stop() noexcept {
+      {
+        std::lock_guard lock(mu_);
+        stop_ = true;
+      }
+      cv_.notify_all();
+      if (thread_.joinable()) thread_.join();
+    }
+
+    Impl& impl_;
+    Dirs& d_;
+    const std::string dir_name_;
+    const bool background_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::string> queue_;
+    std::uint64_t next_ = 0;
+    bool stop_ = false;
+    bool failed_ = false;  // no scratch dir or thread: remove in place
+    Fd dir_;
+    std::exception_ptr exception_;
+    std::thread thread_;
+  };
+
   // A file copy queued by the staging walk: source entry `entry` from src_dir into dst_dir
   // (descriptors of levels still on the walk's stack), its hash for job.next.entries[out].
   // clear_first: the reused spare level holds something else under the name; remove it first.
@@ -649,7 +773,8 @@ struct Engine::Impl {
   // Copies are independent files, each with its own descriptors; the Os is thread-safe.
   class CopyPool {
    public:
-    CopyPool(Impl& impl, Job& job, int helpers) : impl_(impl), job_(job) {
+    CopyPool(Impl& impl, Job& job, int helpers, Discards& discards)
+        : impl_(impl), job_(job), discards_(discards) {
       try {
         writeback_ = std::thread([this] { WritebackLoop(); });
       } catch (const std::system_error& e) {
@@ -819,7 +944,7 @@ struct Engine::Impl {
       }
       if (!skip) {
         try {
-          if (task.clear_first) s = internal::RemoveTree(impl_.os, task.dst_dir, e.name);
+          if (task.clear_first) s = discards_.Take(task.dst_dir, e.name);
           if (s.ok()) {
             Fd written;
             s = impl_.CopyFile(job_, task.src_dir, task.dst_dir, e, buf, on_main, &d.hash,
@@ -841,6 +966,7 @@ struct Engine::Impl {
 
     Impl& impl_;
     Job& job_;
+    Discards& discards_;
     std::mutex mu_;
     std::condition_variable work_cv_, done_cv_;
     std::deque<CopyTask> queue_;
@@ -891,19 +1017,20 @@ struct Engine::Impl {
     return &ex[level.cursor];
   }
 
-  // Removes whatever the reused level holds under `name` (file, symlink or tree); *have (from
-  // Existing) is cleared so it is removed only once.
-  Status ClearExisting(Level& level, const DirEntry** have, const std::string& name) {
+  // Takes whatever the reused level holds under `name` (file, symlink or tree) out of it;
+  // *have (from Existing) is cleared so it is taken only once.
+  Status ClearExisting(Discards& discards, Level& level, const DirEntry** have,
+                       const std::string& name) {
     if (*have == nullptr) return Status::Ok();
     *have = nullptr;
-    return internal::RemoveTree(os, level.dst.get(), name);
+    return discards.Take(level.dst.get(), name);
   }
 
-  Status FinishDir(Job& job, Level& level) {
+  Status FinishDir(Job& job, Level& level, Discards& discards) {
     const SrcEntry& e = job.src[static_cast<size_t>(level.entry)];
     for (size_t k = 0; k < level.existing.size(); ++k) {
       if (!level.wanted[k]) {
-        DESPOOL_RETURN_IF_ERROR(internal::RemoveTree(os, level.dst.get(), level.existing[k].name));
+        DESPOOL_RETURN_IF_ERROR(discards.Take(level.dst.get(), level.existing[k].name));
       }
     }
     // A reused dir may already be right; a fresh one never is.
@@ -941,17 +1068,24 @@ struct Engine::Impl {
   // differs: for a small change this costs a few operations instead of one per file. With
   // threads > 1 copies run on helper threads beside the walk (CopyPool).
   Status Stage(Job& job, int src_root, bool* cancelled) {
-    if (threads <= 1) return StageWalk(job, src_root, nullptr, cancelled);
-    CopyPool pool(*this, job, threads - 1);
-    Status s = StageWalk(job, src_root, &pool, cancelled);
-    // The walk left no copy running; this surfaces a helper's error or exception (a test's
-    // InjectedCrash must stop the refresh as a kill -9 would, whichever thread it hit).
-    Status drained = pool.Drain(cancelled);
-    pool.FinishWriteback();
-    return s.ok() ? drained : s;
+    Discards discards(*this, job.d, job.pkg, threads > 1);
+    Status s = Status::Ok();
+    if (threads <= 1) {
+      s = StageWalk(job, src_root, nullptr, discards, cancelled);
+    } else {
+      CopyPool pool(*this, job, threads - 1, discards);
+      s = StageWalk(job, src_root, &pool, discards, cancelled);
+      // The walk left no copy running; this surfaces a helper's error or exception (a test's
+      // InjectedCrash must stop the refresh as a kill -9 would, whichever thread it hit).
+      Status drained = pool.Drain(cancelled);
+      pool.FinishWriteback();
+      if (s.ok()) s = drained;
+    }
+    Status finished = discards.Finish();
+    return s.ok() ? finished : s;
   }
 
-  Status StageWalk(Job& job, int src_root, CopyPool* pool, bool* cancelled) {
+  Status StageWalk(Job& job, int src_root, CopyPool* pool, Discards& discards, bool* cancelled) {
     int sfd = job.d.staging.get();
     std::string spare = SpareName(job.pkg);
     bool from_spare = os.RenameAt2(sfd, spare.c_str(), sfd, job.staged.c_str(), RENAME_NOREPLACE) == 0;
@@ -976,7 +1110,7 @@ struct Engine::Impl {
         if (*cancelled) return Status::Ok();
         Report(job, Phase::kStage, false);
       }
-      return FinishDir(job, level);
+      return FinishDir(job, level, discards);
     };
     {
       Level root;
@@ -1018,7 +1152,7 @@ struct Engine::Impl {
         case EntryType::kDir: {
           bool reuse = have != nullptr && have->type == DT_DIR;
           if (!reuse) {
-            DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
+            DESPOOL_RETURN_IF_ERROR(ClearExisting(discards, L, &have, e.name));
             if (os.MkdirAt(L.dst.get(), e.name.c_str(), 0700) != 0) {
               return SysError("mkdir staged " + e.path, errno);
             }
@@ -1053,7 +1187,7 @@ struct Engine::Impl {
                    MtimeNs(st) == MtimeNs(e.st);
           }
           if (keep) break;
-          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
+          DESPOOL_RETURN_IF_ERROR(ClearExisting(discards, L, &have, e.name));
           if (os.SymlinkAt(e.target.c_str(), L.dst.get(), e.name.c_str()) != 0) {
             return SysError("symlink staged " + e.path, errno);
           }
@@ -1084,7 +1218,7 @@ struct Engine::Impl {
               linked = true;
             }
             if (!linked) {
-              DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
+              DESPOOL_RETURN_IF_ERROR(ClearExisting(discards, L, &have, e.name));
               if (os.LinkAt(L.live.get(), e.name.c_str(), L.dst.get(), e.name.c_str(), 0) == 0) {
                 linked = true;
               } else if (errno != ENOENT && errno != EMLINK && errno != EXDEV && errno != EPERM) {
@@ -1108,7 +1242,7 @@ struct Engine::Impl {
                                have != nullptr});
             break;
           }
-          DESPOOL_RETURN_IF_ERROR(ClearExisting(L, &have, e.name));
+          DESPOOL_RETURN_IF_ERROR(ClearExisting(discards, L, &have, e.name));
           ino_t ino = 0;
           DESPOOL_RETURN_IF_ERROR(CopyFile(job, L.src.get(), L.dst.get(), e, job.buf, true,
                                            &me.hash, &ino, cancelled));
