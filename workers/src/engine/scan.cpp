@@ -190,7 +190,8 @@ Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, std::vector<SrcEntry>
 
 }  // namespace
 
-Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways) {
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* cold) {
+  if (cold != nullptr) *cold = false;
   std::vector<SrcEntry> out;
   SrcEntry root;
   root.path = ".";
@@ -205,7 +206,9 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways) {
     const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
     const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, WaysForColdness(ways, out.size() - 1, top_ns.count()), &out));
+    const int subtree_ways = WaysForColdness(ways, out.size() - 1, top_ns.count());
+    if (cold != nullptr) *cold = subtree_ways > 1;
+    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, subtree_ways, &out));
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));
   return out;

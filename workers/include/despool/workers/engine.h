@@ -138,6 +138,9 @@ struct RefreshStats {
   std::uint64_t bytes_linked = 0;
   std::uint64_t entries_total = 0;  // files + dirs + symlinks
   bool reused_staging = false;      // a staged tree kept from a deferral was used
+  // The source scan found the caches cold (its top level's stats averaged over 20 us; only with
+  // threads > 1), so the scans were split over threads and the staging read ahead.
+  bool cold_caches = false;
   // Wall time per phase. scan: source scan (+ live walk beside it); stage: building the staged
   // tree (copies included); sync: manifest written, syncfs (+ source re-check beside it),
   // manifest renamed into place; switch: journal, exchange, commit; retire: old tree -> spare
