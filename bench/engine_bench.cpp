@@ -5,6 +5,8 @@
 //   engine_bench --files 2000 --total-mib 200
 // Flags: --files N  --total-mib M  --dirs D  --changed-pct P (default 1)  --dir PATH (work dir on
 // the filesystem to measure; default $TMPDIR)  --keep (leave the work dir)  --no-cold
+// --rounds K (default 5: K interleaved rounds of the steady-state comparison, ours and both
+// rsyncs once each per round, warm and cold: medians, min/max, per-round ratios)
 // --repeat N (N more steady-state refreshes after the warm table, alternating the v2 and v3
 // sources: min/median and the phase medians; for perf record)  --engine-only (skip cp/rsync and
 // the in-use probes: quick profiling runs)  --no-seed-spare (EngineConfig::seed_spare off: the
@@ -31,7 +33,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -55,6 +59,7 @@ struct Flags {
   bool keep = false;
   bool cold = true;
   int repeat = 0;
+  int rounds = 5;
   bool engine_only = false;
   int threads = 0;  // 0: EngineConfig's default
   bool seed_spare = true;
@@ -292,17 +297,17 @@ Row Ours(Engine& engine, const std::string& name, const std::string& root, std::
   return r;
 }
 
-// `n` more steady-state refreshes (versions 4, 5, ...), alternating the v2 and v3 sources: each
+// `n` more steady-state refreshes (versions first_version, ...), alternating the v2 and v3 sources: each
 // changes ~2x changed_pct of the files and stages from the tree the previous switch retired.
 // The first and the last result are compared with the source (hashing 1 GiB after each run
 // would dominate a profile).
 void Repeat(Engine& engine, int n, const std::string& dp, const std::string& w,
             const std::map<std::string, std::string>& want2,
-            const std::map<std::string, std::string>& want3) {
+            const std::map<std::string, std::string>& want3, std::uint64_t first_version) {
   std::vector<Row> rows;
   for (int i = 0; i < n; ++i) {
     bool even = i % 2 == 0;
-    rows.push_back(Ours(engine, "steady", dp, 4 + static_cast<std::uint64_t>(i),
+    rows.push_back(Ours(engine, "steady", dp, first_version + static_cast<std::uint64_t>(i),
                         w + (even ? "/src2" : "/src3"), even ? want2 : want3,
                         i == 0 || i == n - 1));
     if (!rows.back().valid) {
@@ -333,6 +338,80 @@ void Repeat(Engine& engine, int n, const std::string& dp, const std::string& w,
               phase(&S::scan), phase(&S::stage), phase(&S::sync), phase(&S::in_use_check),
               phase(&S::switch_time), phase(&S::retire),
               median([](const Row& r) { return static_cast<double>(r.bytes) / 1048576.0; }));
+}
+
+// `rounds` more steady-state comparisons (the sources alternate v2, v3, v2...: each round changes
+// what v2 and v3 differ in), each method once per round in turn, every run prepared alike
+// (`prep`: cold, caches dropped; warm, the metadata of the trees it reads read just before).
+// A single run on this VM varies by tens of percent (host memory, writeback, the other
+// methods' effects on the caches); the medians of interleaved rounds compare the methods, and
+// the per-round ratios show the spread. The link-dest runs chain new trees, each from the last.
+// Returns the ratios of the medians (rsync --delay-updates / ours, --link-dest / ours), or
+// nothing when a run did not count.
+std::optional<std::pair<double, double>> Rounds(Engine& engine, int rounds, const std::string& w, const std::string& r,
+            std::uint64_t* version, const std::map<std::string, std::string>& want2,
+            const std::map<std::string, std::string>& want3,
+            const std::function<void(std::initializer_list<std::string>)>& prep, const char* label) {
+  std::vector<double> ours, delay, link;
+  std::string ld_prev = r + "/ld3";
+  for (int k = 0; k < rounds; ++k) {
+    const bool even = k % 2 == 0;
+    const std::string src = w + (even ? "/src2" : "/src3");
+    const auto& want = even ? want2 : want3;
+    prep({src, r + "/dp"});
+    Row a = Ours(engine, "ours", r + "/dp", (*version)++, src, want);
+    prep({src, r + "/rs1"});
+    Row b = Tool("rsync --delay-updates",
+                 "rsync -a --delete --delay-updates " + Q(src + "/") + " " + Q(r + "/rs1/"), r + "/rs1",
+                 want);
+    const std::string ld = r + "/ldr" + std::to_string(k);
+    prep({src, ld_prev});
+    Row c = Tool("rsync --link-dest",
+                 "rsync -a --delete --link-dest=" + Q(ld_prev) + " " + Q(src + "/") + " " + Q(ld + "/"),
+                 ld, want);
+    ld_prev = ld;
+    if (!a.valid || !b.valid || !c.valid) {
+      std::printf("  round %d: MISMATCH (rounds stopped)%s\n", k, a.note.c_str());
+      return std::nullopt;
+    }
+    ours.push_back(a.secs);
+    delay.push_back(b.secs);
+    link.push_back(c.secs);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  auto line = [&](const char* name, const std::vector<double>& v) {
+    std::printf("  %-34s median %7.1f ms  min %7.1f  max %7.1f  (", name, median(v) * 1000,
+                *std::min_element(v.begin(), v.end()) * 1000, *std::max_element(v.begin(), v.end()) * 1000);
+    for (size_t k = 0; k < v.size(); ++k) std::printf("%s%.1f", k ? " " : "", v[k] * 1000);
+    std::printf(")\n");
+  };
+  std::printf("\nSteady-state incremental, %d interleaved rounds (%s cache; each round: ours, "
+              "rsync --delay-updates, rsync --link-dest)\n",
+              rounds, label);
+  line("despool refresh", ours);
+  line("rsync -a --delete --delay-updates", delay);
+  line("rsync -a --delete --link-dest", link);
+  auto ratios = [&](const std::vector<double>& tool) {
+    std::string out;
+    double lo = 1e9;
+    for (size_t k = 0; k < tool.size(); ++k) {
+      char b[16];
+      std::snprintf(b, sizeof b, "%s%.2f", k ? " " : "", tool[k] / ours[k]);
+      out += b;
+      lo = std::min(lo, tool[k] / ours[k]);
+    }
+    return std::make_pair(out, lo);
+  };
+  auto [d_rounds, d_min] = ratios(delay);
+  auto [l_rounds, l_min] = ratios(link);
+  std::printf("  ratio of medians: %.2fx vs --delay-updates (target 2x), %.2fx vs --link-dest "
+              "(target 5x)\n  per round: --delay-updates %s (lowest %.2f); --link-dest %s (lowest %.2f)\n",
+              median(delay) / median(ours), median(link) / median(ours), d_rounds.c_str(), d_min,
+              l_rounds.c_str(), l_min);
+  return std::make_pair(median(delay) / median(ours), median(link) / median(ours));
 }
 
 void InUseBench(const std::string& live, const Package& p) {
@@ -417,6 +496,8 @@ int main(int argc, char** argv) {
   if (auto st = despool::workers::RetainFreedMemoryForReuse(); !st.ok()) {  // as despool-worker does
     std::fprintf(stderr, "engine_bench: %s\n", st.error().message.c_str());
   }
+  // Whole lines: scripts/bench reads stdout and stderr (the engine's log) through one pipe.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Flags f;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -435,13 +516,14 @@ int main(int argc, char** argv) {
     else if (a == "--keep") f.keep = true;
     else if (a == "--no-cold") f.cold = false;
     else if (a == "--repeat") f.repeat = std::stoi(next());
+    else if (a == "--rounds") f.rounds = std::stoi(next());
     else if (a == "--engine-only") f.engine_only = true;
     else if (a == "--threads") f.threads = std::stoi(next());
     else if (a == "--no-seed-spare") f.seed_spare = false;
     else {
       std::fprintf(stderr,
                    "usage: engine_bench [--files N] [--total-mib M] [--dirs D] [--changed-pct P] "
-                   "[--dir PATH] [--keep] [--no-cold] [--repeat N] [--engine-only] [--threads T] "
+                   "[--dir PATH] [--keep] [--no-cold] [--repeat N] [--rounds K] [--engine-only] [--threads T] "
                    "[--no-seed-spare]\n");
       return a == "--help" ? 0 : 2;
     }
@@ -592,12 +674,26 @@ int main(int argc, char** argv) {
     Print(std::string("Incremental refresh v2->v3, ") + std::to_string(f.changed_pct) +
               "% changed, staged from the retired tree (" + label + " cache)",
           inc3, inc3[0].secs);
-    if (!cold && f.repeat > 0) Repeat(engine, f.repeat, r + "/dp", w, want2, want3);
-    if (!cold && !f.engine_only) {
-      std::printf("  targets (steady state): >= 2x faster than rsync --delay-updates: %.2fx; >= 5x "
-                  "faster than rsync --link-dest: %.2fx (first after the install: %.2fx, %.2fx)\n",
+    std::uint64_t next_version = 4;
+    std::optional<std::pair<double, double>> rounds;
+    if (!f.engine_only && f.rounds > 0) {
+      rounds = Rounds(engine, f.rounds, w, r, &next_version, want2, want3, prep, label);
+    }
+    if (!cold && f.repeat > 0) Repeat(engine, f.repeat, r + "/dp", w, want2, want3, next_version);
+    if (!f.engine_only) {
+      // Ratios of times without the tools' `sync` (ours include every fsync): conservative.
+      std::printf("\n  targets, %s cache (>= 2x faster than rsync --delay-updates, >= 5x faster "
+                  "than rsync --link-dest):\n",
+                  label);
+      if (rounds) {
+        std::printf("    steady state, ratio of the medians of %d rounds: %.2fx, %.2fx\n", f.rounds,
+                    rounds->first, rounds->second);
+      }
+      std::printf("    single runs: steady state %.2fx, %.2fx; first after the install %.2fx, %.2fx\n",
                   inc3[1].secs / inc3[0].secs, inc3[2].secs / inc3[0].secs,
                   inc[1].secs / inc[0].secs, inc[2].secs / inc[0].secs);
+    }
+    if (!cold && !f.engine_only) {
       std::printf("  full refresh vs cp -a + sync: %.2fx (target >= 1)\n",
                   full[1].secs_sync / full[0].secs);
       InUseBench(r + "/dp/pkg", p);
