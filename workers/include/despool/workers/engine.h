@@ -204,7 +204,11 @@ struct EngineConfig {
   // of the source, and each of the two is split by top-level directory over `threads` threads
   // (with cold caches more inode reads are then in flight; up to 2 x threads threads run during
   // the scan), file copies run on threads-1 helpers beside the staging walk (plus one
-  // thread that starts each copied file's writeback, so the disk works during the copy), and
+  // thread that starts each copied file's writeback, so the disk works during the copy), what
+  // the staging takes out of the reused spare tree is renamed aside and removed on a thread of
+  // its own (freeing a file's blocks can wait for the device's discard), with cold caches one
+  // more thread reads ahead the files to copy and the spare's directories (four threads for
+  // those; system calls made directly, not through the Os: hints that decide nothing), and
   // the re-check of the source runs beside the syncfs of the staged tree. With 1 everything
   // (each copied file's writeback start too) runs on the calling thread in one fixed order, so
   // the n-th call through the Os is always the same call (tests that enumerate call points by
