@@ -625,6 +625,9 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
     EXPECT_KIND(out, OutcomeKind::kApplied);
     EXPECT_EQ(Diff(Snap(src), Snap(r + "/pkg")), "");
     EXPECT_EQ(out.stats.cold_caches, threads > 1);
+    // A first install of a small package, cold: every file read ahead; no spare to list.
+    EXPECT_EQ(out.stats.prefetched_files, threads > 1 ? out.stats.files_copied : 0u);
+    EXPECT_EQ(out.stats.prefetched_dirs, 0u);
     auto m = engines[threads]->InstalledManifest(r, "pkg");
     ASSERT_TRUE(m.ok()) << m.error().message;
     manifests[threads] = std::move(m).value();
@@ -648,12 +651,16 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
     ASSERT_EQ(::utimensat(AT_FDCWD, twin.c_str(), times, AT_SYMLINK_NOFOLLOW), 0);
   }
   disks[4]->max_in_flight = 0;
+  std::uint64_t live_dirs = 0;  // the seeded spare's directories: the live tree's ("." too)
+  for (const auto& [rel, node] : Snap(r4 + "/pkg")) live_dirs += node.type == 'd';
   auto out = engines[4]->Refresh(Request(r4, 2, v2), nullptr, cancel);
   EXPECT_KIND(out, OutcomeKind::kApplied);
   EXPECT_GE(disks[4]->max_in_flight.load(), 3);  // the live walk beside the scan, both split
   // Cold, the staging from the spare the install seeded read ahead (engine/prefetch.h): the
-  // result is the same.
+  // one file to copy and every directory of the spare. The result is the same.
   EXPECT_TRUE(out.stats.cold_caches);
+  EXPECT_EQ(out.stats.prefetched_files, 1u);
+  EXPECT_EQ(out.stats.prefetched_dirs, live_dirs);
   EXPECT_EQ(out.stats.files_copied, 1u);
   EXPECT_EQ(Diff(Snap(v2), Snap(r4 + "/pkg")), "");
 

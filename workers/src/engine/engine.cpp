@@ -401,6 +401,7 @@ struct Engine::Impl {
     std::uint64_t live_files = 0;  // regular files in the live tree
     std::vector<SrcEntry> src;
     bool cold_caches = false;  // the source scan found them cold (ScanSource)
+    bool live_cold = false;    // the live walk found the DP's cold (WalkTreeOnThreads)
     // Per source entry (same index): the live entry at its path (nullptr if none), and for a
     // file planned to be linked the manifest entry that vouches for it.
     std::vector<const struct stat*> live_of;
@@ -671,7 +672,8 @@ struct Engine::Impl {
             cv_.notify_one();
             return Status::Ok();
           }
-          if (errno == ENOENT) return Status::Ok();
+          // Not renamed (even ENOENT: the scratch dir itself may have been removed under
+          // us): the entry must still leave the level, in place.
         }
       }
       if (lock.owns_lock()) lock.unlock();
@@ -699,6 +701,7 @@ struct Engine::Impl {
       }
       int raw = impl_.os.OpenAt(d_.trash.get(), dir_name_.c_str(), kDirFlags, 0);
       if (raw < 0) {
+        (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
         failed_ = true;
         return;
       }
@@ -1088,15 +1091,18 @@ struct Engine::Impl {
     return s.ok() ? finished : s;
   }
 
-  // The cold-cache hints of prefetch.h for a staging, on a thread that owns its descriptors:
-  // the files to copy (only when there are at most kPrefetchCopyBytes of them: a full copy
-  // reads its source in order anyway, and reading all of it ahead measured slower), then the
-  // directories of the base tree (the spare) on kPrefetchWays threads.
+  // The cold-cache hints of prefetch.h for a staging, on a thread that owns its descriptors
+  // (none: nothing to hint). When the source scan found its caches cold, the files to copy
+  // (only up to kPrefetchCopyBytes of them: a full copy reads its source in order anyway, and
+  // reading all of it ahead measured slower); when the live walk found the DP's caches cold,
+  // the directories of the base tree (the spare) on kPrefetchWays threads. The counts go to
+  // job.stats once the thread is joined (StageWalk joins it when the walk completes; on any
+  // other way out the jthread asks it to stop and joins).
   static constexpr std::uint64_t kPrefetchCopyBytes = 64ull << 20;
   static constexpr int kPrefetchWays = 4;
-  std::jthread StartPrefetch(const Job& job, int src_root, bool from_spare) {
+  std::jthread StartPrefetch(Job& job, int src_root, bool from_spare) {
     std::vector<std::string> files;
-    if (job.prog.bytes_total <= kPrefetchCopyBytes) {
+    if (job.cold_caches && job.prog.bytes_total <= kPrefetchCopyBytes) {
       for (size_t i = 1; i < job.src.size(); ++i) {
         if (job.src[i].type == EntryType::kFile && job.link_from[i] == nullptr) {
           files.push_back(job.src[i].path);
@@ -1105,20 +1111,25 @@ struct Engine::Impl {
     }
     constexpr int kRawDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
     int src = files.empty() ? -1 : ::fcntl(src_root, F_DUPFD_CLOEXEC, 0);
-    int base = from_spare ? ::openat(job.d.staging.get(), job.staged.c_str(), kRawDirFlags) : -1;
-    auto run = [src, base, files = std::move(files)] {
-      if (src >= 0) {
-        internal::PrefetchFiles(src, files);
-        ::close(src);
+    int base = from_spare && job.live_cold
+                   ? ::openat(job.d.staging.get(), job.staged.c_str(), kRawDirFlags)
+                   : -1;
+    if (src < 0 && base < 0) return {};
+    RefreshStats* stats = &job.stats;
+    auto run = [src, base, files = std::move(files), stats](std::stop_token stop) {
+      try {
+        if (src >= 0) stats->prefetched_files = internal::PrefetchFiles(src, files, stop);
+        if (base >= 0) {
+          stats->prefetched_dirs = internal::PrefetchDirectories(base, kPrefetchWays, stop);
+        }
+      } catch (...) {  // a hint: nothing to report (std::bad_alloc, a thread not started)
       }
-      if (base >= 0) {
-        internal::PrefetchDirectories(base, kPrefetchWays);
-        ::close(base);
-      }
+      if (src >= 0) ::close(src);
+      if (base >= 0) ::close(base);
     };
     try {
       return std::jthread(std::move(run));
-    } catch (const std::system_error&) {
+    } catch (...) {  // no thread: no hints
       if (src >= 0) ::close(src);
       if (base >= 0) ::close(base);
       return {};
@@ -1137,7 +1148,9 @@ struct Engine::Impl {
     // and reads the base tree's directories while the walk begins, which would otherwise wait
     // for each listing and each file's first read in turn. Joined on every way out.
     std::jthread prefetch;
-    if (job.cold_caches && threads > 1) prefetch = StartPrefetch(job, src_root, from_spare);
+    if ((job.cold_caches || job.live_cold) && threads > 1) {
+      prefetch = StartPrefetch(job, src_root, from_spare);
+    }
     std::vector<Level> stack;
     // Declared after `stack`, so it runs first on every way out: no copy may still use a
     // level's descriptors when they are closed.
@@ -1306,6 +1319,7 @@ struct Engine::Impl {
       stack.pop_back();
     }
     SortEntries(&job.next.entries);
+    if (prefetch.joinable()) prefetch.join();  // done by now, unless the tree is far larger
     return Status::Ok();
   }
 
@@ -1430,13 +1444,14 @@ struct Engine::Impl {
         [&]() -> Status {
           if (!job.live_exists) return Status::Ok();
           if (job.old) job.live_stats.reserve(job.old->entries.size());
-          return internal::WalkTreeOnThreads(os, job.live.get(), &job.live_stats, threads);
+          return internal::WalkTreeOnThreads(os, job.live.get(), &job.live_stats, threads,
+                                             &job.live_cold);
         },
         [&] { scanned = internal::ScanSource(os, src_root.get(), threads, &job.cold_caches); });
     if (!walked.ok()) return ErrorOutcome(walked.take_error());
     if (!scanned.ok()) return ErrorOutcome(scanned.take_error());
     job.src = std::move(scanned).value();
-    job.stats.cold_caches = job.cold_caches;
+    job.stats.cold_caches = job.cold_caches || job.live_cold;
     if (job.repair_of != nullptr) {
       if (auto s = CheckSourceMatches(job); !s.ok()) return ErrorOutcome(s.take_error());
     }

@@ -229,7 +229,8 @@ int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns) {
   return elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs ? ways : 1;
 }
 
-Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways) {
+Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold) {
+  if (cold != nullptr) *cold = false;
   if (ways <= 1) return WalkTree(os, dirfd, out);
   // The top level here; the directories in it on `ways` threads if it found cold caches, each
   // into a map of its own.
@@ -239,6 +240,7 @@ Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways) {
   DESPOOL_RETURN_IF_ERROR(StatLevel(os, dirfd, "", out, &dirs));
   const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
   const int walk_ways = WaysForColdness(ways, out->size() - before, top_ns.count());
+  if (cold != nullptr) *cold = walk_ways > 1;
   if (walk_ways <= 1) return WalkDirs(os, dirfd, "", dirs, out);
   std::vector<StatMap> below(dirs.size());
   const auto statuses = RunOnThreads(dirs.size(), walk_ways, [&](std::size_t i) -> Status {

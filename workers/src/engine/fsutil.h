@@ -73,8 +73,10 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
 // a time, and more walks in flight read the same tree faster (a cold 100 x 100-file tree: 65 ms
 // on 1 thread, 41 on 2, 31 on 4); warm, the walk is CPU work and extra threads on a busy
 // machine only add switching (engine_bench's warm repeats: +4 ms). The result is WalkTree's;
-// ways <= 1 is WalkTree.
-Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out, int ways);
+// ways <= 1 is WalkTree. `cold`, when given, tells whether the top level found the caches cold
+// (always false with ways <= 1).
+Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
+                         int ways, bool* cold = nullptr);
 
 // How many threads to walk the rest of a tree on, given how long the `entries` stats of its top
 // level took: `ways` when they averaged more than kColdStatNs each (the inodes came from the

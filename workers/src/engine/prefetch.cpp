@@ -19,7 +19,8 @@ namespace {
 
 constexpr int kRawDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
-// The names of the directories in the directory open as `fd` (the listing is the point).
+// The names in the directory open as `fd` that may be directories (the listing is the point):
+// DT_DIR, or DT_UNKNOWN on filesystems that do not say (opening it with O_DIRECTORY tells).
 std::vector<std::string> ListSubdirs(int fd) {
   std::vector<std::string> subdirs;
   int own = ::openat(fd, ".", kRawDirFlags);  // its own offset (a dup would share fd's)
@@ -30,7 +31,7 @@ std::vector<std::string> ListSubdirs(int fd) {
     return subdirs;
   }
   while (const struct dirent* e = ::readdir(dir)) {
-    if (e->d_type != DT_DIR || std::strcmp(e->d_name, ".") == 0 ||
+    if ((e->d_type != DT_DIR && e->d_type != DT_UNKNOWN) || std::strcmp(e->d_name, ".") == 0 ||
         std::strcmp(e->d_name, "..") == 0) {
       continue;
     }
@@ -41,37 +42,39 @@ std::vector<std::string> ListSubdirs(int fd) {
 }
 
 // Lists the directory `name` in dirfd and every directory below it; how many it listed.
-std::size_t PrefetchTree(int dirfd, const std::string& name, int depth) {
-  if (depth > kMaxDepth) return 0;
+std::size_t PrefetchTree(int dirfd, const std::string& name, int depth,
+                         const std::stop_token& stop) {
+  if (depth > kMaxDepth || stop.stop_requested()) return 0;
   int fd = ::openat(dirfd, name.c_str(), kRawDirFlags);
-  if (fd < 0) return 0;
+  if (fd < 0) return 0;  // not a directory (DT_UNKNOWN), a symlink, gone
   std::size_t listed = 1;
-  for (const auto& sub : ListSubdirs(fd)) listed += PrefetchTree(fd, sub, depth + 1);
+  for (const auto& sub : ListSubdirs(fd)) listed += PrefetchTree(fd, sub, depth + 1, stop);
   ::close(fd);
   return listed;
 }
 
 }  // namespace
 
-std::size_t PrefetchDirectories(int dirfd, int ways) {
+std::size_t PrefetchDirectories(int dirfd, int ways, std::stop_token stop) {
   const std::vector<std::string> top = ListSubdirs(dirfd);
   std::atomic<std::size_t> listed{1};
   (void)RunOnThreads(top.size(), ways, [&](std::size_t i) {
-    listed += PrefetchTree(dirfd, top[i], 1);
+    listed += PrefetchTree(dirfd, top[i], 1, stop);
     return Status::Ok();
   });
   return listed;
 }
 
-std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths) {
+std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths, std::stop_token stop) {
   std::size_t started = 0;
   struct open_how how {};
-  how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+  how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   for (const auto& path : paths) {
+    if (stop.stop_requested()) break;
     int fd = static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
     if (fd < 0) {
-      if (errno == ENOSYS) break;  // kernel < 5.6: no hints
+      if (errno == ENOSYS || errno == EPERM) break;  // no openat2 (kernel < 5.6, a seccomp filter)
       continue;
     }
     struct stat st;

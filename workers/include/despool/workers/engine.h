@@ -138,9 +138,12 @@ struct RefreshStats {
   std::uint64_t bytes_linked = 0;
   std::uint64_t entries_total = 0;  // files + dirs + symlinks
   bool reused_staging = false;      // a staged tree kept from a deferral was used
-  // The source scan found the caches cold (its top level's stats averaged over 20 us; only with
-  // threads > 1), so the scans were split over threads and the staging read ahead.
+  // The source scan or the live walk found the caches cold (the stats of a top level averaged
+  // over 20 us; only with threads > 1): that walk was split over threads, and the staging read
+  // ahead what the cold side will need: the files to copy (source), the base tree's directories
+  // (DP); how many of each it started reading.
   bool cold_caches = false;
+  std::uint64_t prefetched_files = 0, prefetched_dirs = 0;
   // Wall time per phase. scan: source scan (+ live walk beside it); stage: building the staged
   // tree (copies included); sync: manifest written, syncfs (+ source re-check beside it),
   // manifest renamed into place; switch: journal, exchange, commit; retire: old tree -> spare
