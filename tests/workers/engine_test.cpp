@@ -678,6 +678,64 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
   }
 }
 
+// Stats of files slow, of directories not: a top level of directories whose inodes one read
+// brought in, over files spread on the disk.
+class SlowFilesOs : public ColdDiskOs {
+ public:
+  int FstatAt(int dirfd, const char* path, struct stat* st, int flags) override {
+    const std::string name(path);
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".bin") == 0) {
+      return ColdDiskOs::FstatAt(dirfd, path, st, flags);
+    }
+    return FaultInjectingOs::FstatAt(dirfd, path, st, flags);
+  }
+};
+
+// A top level that stats fast does not make a cold tree look warm: the first subtree, timed,
+// does (SubtreeLooksCold), and the rest of the scan and of the live walk is split.
+TEST_F(EngineTest, ColdFilesUnderAWarmTopLevelAreFoundCold) {
+  const std::string src = tmp / "dirs-only";
+  for (int d = 0; d < 4; ++d) {
+    for (int f = 0; f < 10; ++f) {
+      WriteFile(src + "/d" + std::to_string(d) + "/f" + std::to_string(f) + ".bin",
+                Content("x" + std::to_string(d * 10 + f), 50));
+    }
+  }
+  std::map<int, workers::Manifest> manifests;
+  for (int threads : {1, 4}) {
+    SCOPED_TRACE(threads);
+    const std::string r = tmp / ("dp" + std::to_string(threads));
+    fs::create_directories(r);
+    SlowFilesOs disk;
+    EngineConfig c;
+    c.os = &disk;
+    c.probe = probe;
+    c.threads = threads;
+    Engine e(c);
+    auto out = e.Refresh(Request(r, 1, src), nullptr, cancel);
+    EXPECT_KIND(out, OutcomeKind::kApplied);
+    EXPECT_EQ(Diff(Snap(src), Snap(r + "/pkg")), "");
+    EXPECT_EQ(out.stats.cold_caches, threads > 1);
+    if (threads > 1) {
+      EXPECT_GE(disk.max_in_flight.load(), 2) << "the scan was not split";
+    } else {
+      EXPECT_EQ(disk.max_in_flight.load(), 1);
+    }
+    auto m = e.InstalledManifest(r, "pkg");
+    ASSERT_TRUE(m.ok());
+    manifests[threads] = std::move(m).value();
+    // The live walk too (and the source scan again) on the next refresh.
+    disk.max_in_flight = 0;
+    auto again = e.Refresh(Request(r, 2, src), nullptr, cancel);
+    EXPECT_KIND(again, OutcomeKind::kApplied);
+    EXPECT_EQ(again.stats.cold_caches, threads > 1);
+    if (threads > 1) {
+      EXPECT_GE(disk.max_in_flight.load(), 3) << "the walks were not both split";
+    }
+  }
+  EXPECT_EQ(manifests[1].entries, manifests[4].entries);
+}
+
 // ---- Hostile sources ----
 
 TEST_F(EngineTest, HostileSourcesAreRefused) {

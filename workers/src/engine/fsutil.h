@@ -69,7 +69,7 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
                 const std::string& prefix = "");
 
 // WalkTree with the subtrees of the top-level directories walked on up to `ways` threads when
-// the top level shows the caches are cold. Why: cold, a walk waits on one inode-table read at
+// the top level, or else the first subtree (SubtreeLooksCold), shows the caches are cold. Why: cold, a walk waits on one inode-table read at
 // a time, and more walks in flight read the same tree faster (a cold 100 x 100-file tree: 65 ms
 // on 1 thread, 41 on 2, 31 on 4); warm, the walk is CPU work and extra threads on a busy
 // machine only add switching (engine_bench's warm repeats: +4 ms). The result is WalkTree's;
@@ -83,6 +83,15 @@ Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, stru
 // disk), else 1.
 inline constexpr std::int64_t kColdStatNs = 20'000;
 int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns);
+
+// The second look, when the top level seemed warm: a top level's directories are often
+// created together, so their inodes share the few inode-table blocks one read brings in, while
+// the files below them are spread (measured: a cold source whose top level averaged under
+// 20 us per stat). The first top-level directory's subtree is walked on the calling thread and
+// timed; cold when its entries (listing included) averaged more than kColdSubtreeEntryNs
+// (engine_bench, 100-entry subtrees: warm 1.6-1.9 us, cold 9-82 us).
+inline constexpr std::int64_t kColdSubtreeEntryNs = 5'000;
+bool SubtreeLooksCold(std::size_t entries, std::int64_t elapsed_ns);
 
 // Runs fn(i) for i in [0, n) on up to `ways` threads (this one included); the statuses by i.
 std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<Status(std::size_t)>& fn);

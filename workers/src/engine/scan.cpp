@@ -147,24 +147,38 @@ Status ValidateSymlinks(const std::vector<SrcEntry>& entries) {
 
 namespace {
 
-// The top-level directories' subtrees scanned on up to `ways` threads, each into a vector that
-// starts with a copy of its directory's entry, then spliced in depth-first order: the entry of
-// top-level child c lands at g, and its subtree's local index k at g + k.
-Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, std::vector<SrcEntry>* out) {
+// The top-level directories' subtrees scanned, each into a vector that starts with a copy of
+// its directory's entry, then spliced in depth-first order: the entry of top-level child c
+// lands at g, and its subtree's local index k at g + k. On up to `ways` threads when the top
+// level found the caches cold (`top_cold`), or else when the first subtree, scanned here first
+// and timed, looks cold (SubtreeLooksCold); *cold says which.
+Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::vector<SrcEntry>* out,
+                             bool* cold) {
   std::vector<SrcEntry> top = std::move(*out);  // the root and its own entries
   std::vector<std::size_t> dirs;
   for (std::size_t i = 1; i < top.size(); ++i) {
     if (top[i].type == EntryType::kDir) dirs.push_back(i);
   }
   std::vector<std::vector<SrcEntry>> below(dirs.size());
-  const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t d) -> Status {
+  auto scan = [&](std::size_t d) -> Status {
     const SrcEntry& dir = top[dirs[d]];
     below[d].push_back(dir);
     int raw = os.OpenAt(src_fd, dir.name.c_str(), kDirFlags, 0);
     if (raw < 0) return SysError("open source directory " + dir.path, errno);
     Fd sub(&os, raw);
     return ScanDir(os, sub.get(), 0, &below[d]);
-  });
+  };
+  *cold = top_cold;
+  std::size_t first = 0;  // subtrees [first, n) go to RunOnThreads
+  if (!top_cold && ways > 1 && !dirs.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    DESPOOL_RETURN_IF_ERROR(scan(0));
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+    *cold = SubtreeLooksCold(below[0].size() - 1, ns.count());
+    first = 1;
+  }
+  const auto statuses = RunOnThreads(dirs.size() - first, *cold ? ways : 1,
+                                     [&](std::size_t d) { return scan(first + d); });
   for (const auto& st : statuses) {
     if (!st.ok()) return st;  // the first subtree in depth-first order that failed
   }
@@ -206,9 +220,10 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
     const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
     const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-    const int subtree_ways = WaysForColdness(ways, out.size() - 1, top_ns.count());
-    if (cold != nullptr) *cold = subtree_ways > 1;
-    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, subtree_ways, &out));
+    const bool top_cold = WaysForColdness(ways, out.size() - 1, top_ns.count()) > 1;
+    bool found_cold = false;
+    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, ways, top_cold, &out, &found_cold));
+    if (cold != nullptr) *cold = found_cold;
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));
   return out;

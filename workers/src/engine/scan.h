@@ -32,8 +32,9 @@ struct SrcEntry {
 // ways > 1: the subtrees of the top-level directories are scanned on up to that many threads
 // (see WalkTreeOnThreads: more inode reads in flight with cold caches); the result is that of
 // one thread (with several hostile entries, the error may name another one of them).
-// `cold`, when given and ways > 1, tells whether the top level's stats found the caches cold
-// (WaysForColdness); with ways <= 1 it is set false.
+// `cold`, when given and ways > 1, tells whether the scan found the caches cold (the top
+// level's stats, WaysForColdness, or else the first subtree's, SubtreeLooksCold); with ways <= 1
+// it is set false.
 Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways = 1, bool* cold = nullptr);
 
 // The symlink check alone (exposed for tests): every symlink, resolved physically through the
