@@ -120,6 +120,71 @@ class IoBuffer {
   std::unique_ptr<char[]> data_;
 };
 
+// A thread that runs `work` on each item pushed to it, in order. Stop waits for the thread;
+// with `drain` it first works through what is queued, else drops it. An exception from `work`
+// (a test's InjectedCrash: it must stop the refresh as a kill -9 would, whichever thread it
+// hit) ends the thread, drops the queue, and is handed to the caller by Stop.
+template <typename Item>
+class QueueThread {
+ public:
+  explicit QueueThread(std::function<void(Item&)> work) : work_(std::move(work)) {}
+  ~QueueThread() { (void)Stop(false); }
+  QueueThread(const QueueThread&) = delete;
+  QueueThread& operator=(const QueueThread&) = delete;
+
+  // Throws std::system_error when no thread can be had.
+  void Start() { thread_ = std::thread([this] { Loop(); }); }
+  bool running() const { return thread_.joinable(); }
+
+  void Push(Item item) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(item));
+    }
+    cv_.notify_one();
+  }
+
+  std::exception_ptr Stop(bool drain) noexcept {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      if (!drain) queue_.clear();
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    return std::exchange(exception_, nullptr);
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopped, and nothing (left) to drain
+      Item item = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      try {
+        work_(item);
+      } catch (...) {
+        lock.lock();
+        exception_ = std::current_exception();
+        queue_.clear();
+        return;
+      }
+      lock.lock();
+    }
+  }
+
+  std::function<void(Item&)> work_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  bool stop_ = false;
+  std::exception_ptr exception_;
+  std::thread thread_;
+};
+
 // Descriptors of ROOT and ROOT/.despool/*.
 struct Dirs {
   Fd root, meta, staging, state, journal, trash, locks;
@@ -653,36 +718,35 @@ struct Engine::Impl {
    public:
     Discards(Impl& impl, Dirs& d, const std::string& pkg, bool background)
         : impl_(impl), d_(d), dir_name_(pkg + "@discards." + std::to_string(::getpid())),
-          background_(background) {}
-    ~Discards() { Stop(); }
+          background_(background), removals_([this](std::string& name) {
+            if (Status s = internal::RemoveTree(impl_.os, dir_.get(), name); !s.ok()) {
+              Log()->warn("could not remove a stale spare entry: {}", s.error().ToString());
+            }
+          }) {}
+    ~Discards() { (void)removals_.Stop(/*drain=*/true); }
     Discards(const Discards&) = delete;
     Discards& operator=(const Discards&) = delete;
 
     Status Take(int dirfd, const std::string& name) {
       std::unique_lock lock(mu_);
-      if (background_ && !failed_) {
-        if (!dir_.valid()) Start();
-        if (dir_.valid()) {
-          std::string moved = std::to_string(next_++);
-          lock.unlock();
-          if (impl_.os.RenameAt2(dirfd, name.c_str(), dir_.get(), moved.c_str(), RENAME_NOREPLACE) == 0) {
-            lock.lock();
-            queue_.push_back(std::move(moved));
-            lock.unlock();
-            cv_.notify_one();
-            return Status::Ok();
-          }
-          // Not renamed (even ENOENT: the scratch dir itself may have been removed under
-          // us): the entry must still leave the level, in place.
+      if (background_ && !failed_ && !dir_.valid()) Start();
+      if (dir_.valid()) {
+        std::string moved = std::to_string(next_++);
+        lock.unlock();
+        if (impl_.os.RenameAt2(dirfd, name.c_str(), dir_.get(), moved.c_str(), RENAME_NOREPLACE) == 0) {
+          removals_.Push(std::move(moved));
+          return Status::Ok();
         }
+        // Not renamed (even ENOENT: the scratch dir itself may have been removed under us):
+        // the entry must still leave the level, in place.
+      } else {
+        lock.unlock();
       }
-      if (lock.owns_lock()) lock.unlock();
       return internal::RemoveTree(impl_.os, dirfd, name);
     }
 
     Status Finish() {
-      Stop();
-      if (exception_) std::rethrow_exception(std::exchange(exception_, nullptr));
+      if (auto e = removals_.Stop(/*drain=*/true)) std::rethrow_exception(e);
       if (!dir_.valid()) return Status::Ok();
       dir_.Reset();
       if (impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
@@ -693,74 +757,36 @@ struct Engine::Impl {
     }
 
    private:
-    // Creates the scratch dir and the removing thread; on failure Take removes in place.
+    // Creates the scratch dir and starts the removals; on failure Take removes in place.
     void Start() {
-      if (impl_.os.MkdirAt(d_.trash.get(), dir_name_.c_str(), 0700) != 0 && errno != EEXIST) {
-        failed_ = true;
-        return;
-      }
+      failed_ = true;
+      if (impl_.os.MkdirAt(d_.trash.get(), dir_name_.c_str(), 0700) != 0 && errno != EEXIST) return;
       int raw = impl_.os.OpenAt(d_.trash.get(), dir_name_.c_str(), kDirFlags, 0);
       if (raw < 0) {
         (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
-        failed_ = true;
         return;
       }
       dir_ = Fd(&impl_.os, raw);
       try {
-        thread_ = std::thread([this] { Loop(); });
+        removals_.Start();
       } catch (const std::system_error& e) {
         Log()->warn("removing stale spare entries on the staging thread: {}", e.what());
         dir_.Reset();
         (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
-        failed_ = true;
+        return;
       }
-    }
-
-    void Loop() {
-      std::unique_lock lock(mu_);
-      for (;;) {
-        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // stopped with nothing left
-        std::string name = std::move(queue_.front());
-        queue_.pop_front();
-        lock.unlock();
-        try {
-          if (Status s = internal::RemoveTree(impl_.os, dir_.get(), name); !s.ok()) {
-            Log()->warn("could not remove a stale spare entry: {}", s.error().ToString());
-          }
-        } catch (...) {
-          lock.lock();
-          exception_ = std::current_exception();
-          queue_.clear();
-          return;
-        }
-        lock.lock();
-      }
-    }
-
-    // Waits for the queued removals and the thread.
-    void Stop() noexcept {
-      {
-        std::lock_guard lock(mu_);
-        stop_ = true;
-      }
-      cv_.notify_all();
-      if (thread_.joinable()) thread_.join();
+      failed_ = false;
     }
 
     Impl& impl_;
     Dirs& d_;
     const std::string dir_name_;
     const bool background_;
-    std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<std::string> queue_;
+    std::mutex mu_;             // guards the start, next_ and failed_ (Take is thread-safe)
     std::uint64_t next_ = 0;
-    bool stop_ = false;
-    bool failed_ = false;  // no scratch dir or thread: remove in place
-    Fd dir_;
-    std::exception_ptr exception_;
-    std::thread thread_;
+    bool failed_ = false;       // no scratch dir or thread: remove in place
+    Fd dir_;                    // set before the first Push, reset only after the thread stopped
+    QueueThread<std::string> removals_;
   };
 
   // A file copy queued by the staging walk: source entry `entry` from src_dir into dst_dir
@@ -780,9 +806,13 @@ struct Engine::Impl {
   class CopyPool {
    public:
     CopyPool(Impl& impl, Job& job, int helpers, Discards& discards)
-        : impl_(impl), job_(job), discards_(discards) {
+        : impl_(impl), job_(job), discards_(discards),
+          writeback_([&impl](Fd& fd) {
+            impl.StartWriteback(fd.get());
+            fd.Reset();
+          }) {
       try {
-        writeback_ = std::thread([this] { WritebackLoop(); });
+        writeback_.Start();
       } catch (const std::system_error& e) {
         Log()->warn("starting writeback on the copying threads: {}", e.what());
       }
@@ -802,7 +832,7 @@ struct Engine::Impl {
       }
       work_cv_.notify_all();
       for (auto& t : threads_) t.join();
-      StopWriteback();
+      (void)writeback_.Stop(/*drain=*/false);
     }
 
     // Starts the writeback of the files still waiting for theirs, stops the starter and
@@ -810,8 +840,7 @@ struct Engine::Impl {
     // copied file gets its call, however the threads were scheduled: the calls a refresh makes
     // (which the crash tests enumerate) do not depend on timing, and a call only queues I/O.
     void FinishWriteback() {
-      StopWriteback(/*drain=*/true);
-      if (wb_exception_) std::rethrow_exception(std::exchange(wb_exception_, nullptr));
+      if (auto e = writeback_.Stop(/*drain=*/true)) std::rethrow_exception(e);
     }
 
     // Drops queued copies and waits for running ones: afterwards no helper uses any descriptor
@@ -879,47 +908,11 @@ struct Engine::Impl {
     // the device queue (and ext4 allocates the blocks in it), which the copies should not.
     // Without this thread (it could not be started) the copying thread starts it itself.
     void Written(Fd fd) {
-      if (!writeback_.joinable()) {
+      if (!writeback_.running()) {
         impl_.StartWriteback(fd.get());
         return;
       }
-      {
-        std::lock_guard lock(wb_mu_);
-        wb_queue_.push_back(std::move(fd));
-      }
-      wb_cv_.notify_one();
-    }
-
-    void WritebackLoop() {
-      std::unique_lock lock(wb_mu_);
-      for (;;) {
-        wb_cv_.wait(lock, [&] { return wb_stop_ || !wb_queue_.empty(); });
-        if (wb_queue_.empty()) return;  // stopped, and nothing (left) to drain
-        Fd fd = std::move(wb_queue_.front());
-        wb_queue_.pop_front();
-        lock.unlock();
-        try {
-          impl_.StartWriteback(fd.get());
-        } catch (...) {
-          lock.lock();
-          wb_exception_ = std::current_exception();
-          wb_queue_.clear();
-          return;
-        }
-        fd.Reset();
-        lock.lock();
-      }
-    }
-
-    // Without `drain` (an abandoned staging) the files still queued are dropped.
-    void StopWriteback(bool drain = false) noexcept {
-      {
-        std::lock_guard lock(wb_mu_);
-        wb_stop_ = true;
-        if (!drain) wb_queue_.clear();
-      }
-      wb_cv_.notify_all();
-      if (writeback_.joinable()) writeback_.join();
+      writeback_.Push(std::move(fd));
     }
 
     void HelperLoop() {
@@ -983,12 +976,7 @@ struct Engine::Impl {
     bool cancelled_ = false;
     bool stop_ = false;
     std::vector<std::thread> threads_;
-    std::mutex wb_mu_;
-    std::condition_variable wb_cv_;
-    std::deque<Fd> wb_queue_;
-    bool wb_stop_ = false;
-    std::exception_ptr wb_exception_;
-    std::thread writeback_;
+    QueueThread<Fd> writeback_;  // starts each copied file's writeback (Written)
   };
   IoBuffer& job_buf(Job& job) { return job.buf; }
 
