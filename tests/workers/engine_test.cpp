@@ -634,6 +634,19 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
   }
   EXPECT_EQ(manifests[1].entries, manifests[4].entries);
   EXPECT_GT(manifests[4].entries.size(), 80u);
+  {
+    // The real (warm) disk: the scan after the probe goes straight into the result, in order.
+    const std::string r = tmp / "dp-warm";
+    fs::create_directories(r);
+    EngineConfig c;
+    c.probe = probe;
+    c.threads = 4;
+    Engine warm(c);
+    EXPECT_KIND(warm.Refresh(Request(r, 1, src), nullptr, cancel), OutcomeKind::kApplied);
+    auto m = warm.InstalledManifest(r, "pkg");
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->entries, manifests[1].entries);
+  }
   EXPECT_EQ(disks[1]->max_in_flight.load(), 1);
   EXPECT_GE(disks[4]->max_in_flight.load(), 2) << "the slow top level did not make the scan go parallel";
 

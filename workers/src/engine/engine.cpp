@@ -1435,7 +1435,10 @@ struct Engine::Impl {
           return internal::WalkTreeOnThreads(os, job.live.get(), &job.live_stats, threads,
                                              &job.live_cold);
         },
-        [&] { scanned = internal::ScanSource(os, src_root.get(), threads, &job.cold_caches); });
+        [&] {
+          scanned = internal::ScanSource(os, src_root.get(), threads, &job.cold_caches,
+                                         job.old ? job.old->entries.size() + 1 : 0);
+        });
     if (!walked.ok()) return ErrorOutcome(walked.take_error());
     if (!scanned.ok()) return ErrorOutcome(scanned.take_error());
     job.src = std::move(scanned).value();

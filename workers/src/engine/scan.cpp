@@ -151,9 +151,12 @@ namespace {
 // its directory's entry, then spliced in depth-first order: the entry of top-level child c
 // lands at g, and its subtree's local index k at g + k. On up to `ways` threads when the top
 // level found the caches cold (`top_cold`), or else when the first subtree, scanned here first
-// and timed, looks cold (SubtreeLooksCold); *cold says which.
-Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::vector<SrcEntry>* out,
-                             bool* cold) {
+// and timed, looks cold (SubtreeLooksCold); *cold says which. Warm, the other subtrees are
+// scanned on this thread straight into the result (no per-subtree vectors, no splice: the
+// memory a refresh touches for the first time costs page faults, and on this VM more).
+// `size_hint`: the entries expected (0: unknown).
+Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::size_t size_hint,
+                             std::vector<SrcEntry>* out, bool* cold) {
   std::vector<SrcEntry> top = std::move(*out);  // the root and its own entries
   std::vector<std::size_t> dirs;
   for (std::size_t i = 1; i < top.size(); ++i) {
@@ -177,7 +180,32 @@ Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::v
     *cold = SubtreeLooksCold(below[0].size() - 1, ns.count());
     first = 1;
   }
-  const auto statuses = RunOnThreads(dirs.size() - first, *cold ? ways : 1,
+  if (!*cold) {
+    out->clear();
+    out->reserve(std::max(size_hint, top.size()));
+    out->push_back(std::move(top[0]));
+    std::size_t next_dir = 0;
+    for (std::size_t i = 1; i < top.size(); ++i) {
+      const int g = static_cast<int>(out->size());
+      out->push_back(std::move(top[i]));
+      if (next_dir == dirs.size() || dirs[next_dir] != i) continue;
+      if (next_dir < first) {  // the probed subtree
+        auto& sub = below[next_dir];
+        for (std::size_t k = 1; k < sub.size(); ++k) {
+          sub[k].parent += g;
+          out->push_back(std::move(sub[k]));
+        }
+      } else {
+        int raw = os.OpenAt(src_fd, (*out)[g].name.c_str(), kDirFlags, 0);
+        if (raw < 0) return SysError("open source directory " + (*out)[g].path, errno);
+        Fd sub(&os, raw);
+        DESPOOL_RETURN_IF_ERROR(ScanDir(os, sub.get(), g, out));
+      }
+      ++next_dir;
+    }
+    return Status::Ok();
+  }
+  const auto statuses = RunOnThreads(dirs.size() - first, ways,
                                      [&](std::size_t d) { return scan(first + d); });
   for (const auto& st : statuses) {
     if (!st.ok()) return st;  // the first subtree in depth-first order that failed
@@ -204,7 +232,8 @@ Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::v
 
 }  // namespace
 
-Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* cold) {
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* cold,
+                                         std::size_t size_hint) {
   if (cold != nullptr) *cold = false;
   std::vector<SrcEntry> out;
   SrcEntry root;
@@ -212,6 +241,7 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
   root.name = ".";
   if (os.Fstat(src_fd, &root.st) != 0) return SysError("stat source root", errno);
   if (!S_ISDIR(root.st.st_mode)) return Hostile(".", "source is not a directory");
+  out.reserve(size_hint);
   out.push_back(std::move(root));
   if (ways <= 1) {
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out));
@@ -222,7 +252,8 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
     const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
     const bool top_cold = WaysForColdness(ways, out.size() - 1, top_ns.count()) > 1;
     bool found_cold = false;
-    DESPOOL_RETURN_IF_ERROR(ScanSubtreesOnThreads(os, src_fd, ways, top_cold, &out, &found_cold));
+    DESPOOL_RETURN_IF_ERROR(
+        ScanSubtreesOnThreads(os, src_fd, ways, top_cold, size_hint, &out, &found_cold));
     if (cold != nullptr) *cold = found_cold;
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));

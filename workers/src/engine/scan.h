@@ -35,7 +35,9 @@ struct SrcEntry {
 // `cold`, when given and ways > 1, tells whether the scan found the caches cold (the top
 // level's stats, WaysForColdness, or else the first subtree's, SubtreeLooksCold); with ways <= 1
 // it is set false.
-Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways = 1, bool* cold = nullptr);
+// `size_hint`: how many entries to expect (the installed manifest's; 0: unknown).
+Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways = 1, bool* cold = nullptr,
+                                         std::size_t size_hint = 0);
 
 // The symlink check alone (exposed for tests): every symlink, resolved physically through the
 // other entries (following in-package symlinks), must stay inside the package.
