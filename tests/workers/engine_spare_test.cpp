@@ -342,5 +342,24 @@ TEST_F(StaleSpareTest, AFailedRemovalLeavesTrashThatTheNextRefreshRemoves) {
   EXPECT_EQ(Diff(Snap(v3), Snap(Live())), "");
 }
 
+// A staging that fails after it took entries out of the spare (ENOSPC copying d3/f3.bin, after
+// d1/f1.bin and d2/f2.bin went) still finishes the removals: the live tree is as it was and no
+// scratch dir is left behind.
+TEST_F(StaleSpareTest, AFailedStagingLeavesNoScratchDir) {
+  auto before = Snap(Live());
+  FaultInjectingOs faulty;
+  faulty.AddRule(FaultRule{"CopyFileRange", 1, FaultRule::Action::kFail, ENOSPC});
+  faulty.set_recording(true);
+  auto out = Run(*MakeEngine(&faulty), 3, v3);
+  ASSERT_EQ(out.kind, OutcomeKind::kRetryableError) << out.message;
+  EXPECT_GE(TakenOut(faulty.calls()), 1u) << "nothing was taken out before the failure";
+  EXPECT_EQ(Diff(before, Snap(Live())), "");
+  EXPECT_FALSE(fs::exists(Discarded()));
+  EXPECT_EQ(Strays(root, "pkg"), "");
+  auto retry = Run(*MakeEngine(), 3, v3);
+  EXPECT_EQ(retry.kind, OutcomeKind::kApplied) << retry.message;
+  EXPECT_EQ(Diff(Snap(v3), Snap(Live())), "");
+}
+
 }  // namespace
 }  // namespace despool::enginetest

@@ -723,7 +723,14 @@ struct Engine::Impl {
               Log()->warn("could not remove a stale spare entry: {}", s.error().ToString());
             }
           }) {}
-    ~Discards() { (void)removals_.Stop(/*drain=*/true); }
+    // On a way out without Finish (an exception through the staging): the removals still run
+    // and the scratch dir goes too, as far as they can (what is left, recovery removes).
+    ~Discards() {
+      (void)removals_.Stop(/*drain=*/true);
+      if (!dir_.valid()) return;
+      dir_.Reset();
+      (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
+    }
     Discards(const Discards&) = delete;
     Discards& operator=(const Discards&) = delete;
 
