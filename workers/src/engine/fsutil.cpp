@@ -225,13 +225,11 @@ std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<St
 }
 
 bool SubtreeLooksCold(std::size_t entries, std::int64_t elapsed_ns) {
-  if (entries == 0) return false;
-  return elapsed_ns / static_cast<std::int64_t>(entries) > kColdSubtreeEntryNs;
+  return entries > 0 && elapsed_ns / static_cast<std::int64_t>(entries) > kColdSubtreeEntryNs;
 }
 
-int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns) {
-  if (ways <= 1 || entries == 0) return 1;
-  return elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs ? ways : 1;
+bool TopLevelLooksCold(std::size_t entries, std::int64_t elapsed_ns) {
+  return entries > 0 && elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs;
 }
 
 Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold) {
@@ -243,21 +241,19 @@ Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold) 
   std::vector<std::string> dirs;
   const std::size_t before = out->size();
   DESPOOL_RETURN_IF_ERROR(StatLevel(os, dirfd, "", out, &dirs));
-  const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-  int walk_ways = WaysForColdness(ways, out->size() - before, top_ns.count());
-  if (walk_ways <= 1 && !dirs.empty()) {
+  bool found_cold = TopLevelLooksCold(out->size() - before, NsSince(t0));
+  if (!found_cold && !dirs.empty()) {
     // Top level warm: the first directory's subtree here, timed (SubtreeLooksCold).
     const auto t1 = std::chrono::steady_clock::now();
     const std::size_t before_first = out->size();
     DESPOOL_RETURN_IF_ERROR(WalkDirs(os, dirfd, "", {dirs.front()}, out));
-    const auto first_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t1);
-    if (SubtreeLooksCold(out->size() - before_first, first_ns.count())) walk_ways = ways;
+    found_cold = SubtreeLooksCold(out->size() - before_first, NsSince(t1));
     dirs.erase(dirs.begin());
   }
-  if (cold != nullptr) *cold = walk_ways > 1;
-  if (walk_ways <= 1) return WalkDirs(os, dirfd, "", dirs, out);
+  if (cold != nullptr) *cold = found_cold;
+  if (!found_cold) return WalkDirs(os, dirfd, "", dirs, out);
   std::vector<StatMap> below(dirs.size());
-  const auto statuses = RunOnThreads(dirs.size(), walk_ways, [&](std::size_t i) -> Status {
+  const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t i) -> Status {
     DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, dirs[i]));
     return WalkTree(os, sub.get(), &below[i], dirs[i]);
   });

@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -69,20 +70,19 @@ Status WalkTree(Os& os, int dirfd, std::unordered_map<std::string, struct stat>*
                 const std::string& prefix = "");
 
 // WalkTree with the subtrees of the top-level directories walked on up to `ways` threads when
-// the top level, or else the first subtree (SubtreeLooksCold), shows the caches are cold. Why: cold, a walk waits on one inode-table read at
-// a time, and more walks in flight read the same tree faster (a cold 100 x 100-file tree: 65 ms
-// on 1 thread, 41 on 2, 31 on 4); warm, the walk is CPU work and extra threads on a busy
-// machine only add switching (engine_bench's warm repeats: +4 ms). The result is WalkTree's;
-// ways <= 1 is WalkTree. `cold`, when given, tells whether the top level found the caches cold
-// (always false with ways <= 1).
+// the top level (TopLevelLooksCold), or else the first subtree (SubtreeLooksCold), shows the
+// caches are cold. Why: cold, a walk waits on one inode-table read at a time, and more walks in
+// flight read the same tree faster (a cold 100 x 100-file tree: 65 ms on 1 thread, 41 on 2, 31
+// on 4); warm, the walk is CPU work and extra threads on a busy machine only add switching
+// (engine_bench's warm repeats: +4 ms). The result is WalkTree's; ways <= 1 is WalkTree.
+// `cold`, when given, tells whether it found the caches cold (always false with ways <= 1).
 Status WalkTreeOnThreads(Os& os, int dirfd, std::unordered_map<std::string, struct stat>* out,
                          int ways, bool* cold = nullptr);
 
-// How many threads to walk the rest of a tree on, given how long the `entries` stats of its top
-// level took: `ways` when they averaged more than kColdStatNs each (the inodes came from the
-// disk), else 1.
+// Whether the `entries` stats of a tree's top level, which took `elapsed_ns`, found the caches
+// cold: more than kColdStatNs each on average (the inodes came from the disk).
 inline constexpr std::int64_t kColdStatNs = 20'000;
-int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns);
+bool TopLevelLooksCold(std::size_t entries, std::int64_t elapsed_ns);
 
 // The second look, when the top level seemed warm: a top level's directories are often
 // created together, so their inodes share the few inode-table blocks one read brings in, while
@@ -92,6 +92,12 @@ int WaysForColdness(int ways, std::size_t entries, std::int64_t elapsed_ns);
 // (engine_bench, 100-entry subtrees: warm 1.6-1.9 us, cold 9-82 us).
 inline constexpr std::int64_t kColdSubtreeEntryNs = 5'000;
 bool SubtreeLooksCold(std::size_t entries, std::int64_t elapsed_ns);
+
+// Nanoseconds since `start` (steady clock): what the two tests above are given.
+inline std::int64_t NsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+      .count();
+}
 
 // Runs fn(i) for i in [0, n) on up to `ways` threads (this one included); the statuses by i.
 std::vector<Status> RunOnThreads(std::size_t n, int ways, const std::function<Status(std::size_t)>& fn);

@@ -147,23 +147,24 @@ Status ValidateSymlinks(const std::vector<SrcEntry>& entries) {
 
 namespace {
 
-// The top-level directories' subtrees scanned, each into a vector that starts with a copy of
-// its directory's entry, then spliced in depth-first order: the entry of top-level child c
-// lands at g, and its subtree's local index k at g + k. On up to `ways` threads when the top
+// The subtrees of the top-level directories in `*out` (the root and its own entries), scanned
+// and placed in depth-first order after their directories. On up to `ways` threads when the top
 // level found the caches cold (`top_cold`), or else when the first subtree, scanned here first
-// and timed, looks cold (SubtreeLooksCold); *cold says which. Warm, the other subtrees are
-// scanned on this thread straight into the result (no per-subtree vectors, no splice: the
+// and timed, looks cold (SubtreeLooksCold); *cold says which. A subtree scanned apart goes into
+// a vector of its own that starts with a copy of its directory's entry, then is spliced in:
+// local index k lands at g + k, g being its directory's place. Warm, the subtrees not yet
+// scanned are scanned on this thread straight into the result (no vectors of their own: the
 // memory a refresh touches for the first time costs page faults, and on this VM more).
 // `size_hint`: the entries expected (0: unknown).
-Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::size_t size_hint,
-                             std::vector<SrcEntry>* out, bool* cold) {
-  std::vector<SrcEntry> top = std::move(*out);  // the root and its own entries
+Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t size_hint,
+                    std::vector<SrcEntry>* out, bool* cold) {
+  std::vector<SrcEntry> top = std::move(*out);
   std::vector<std::size_t> dirs;
   for (std::size_t i = 1; i < top.size(); ++i) {
     if (top[i].type == EntryType::kDir) dirs.push_back(i);
   }
   std::vector<std::vector<SrcEntry>> below(dirs.size());
-  auto scan = [&](std::size_t d) -> Status {
+  auto scan_apart = [&](std::size_t d) -> Status {
     const SrcEntry& dir = top[dirs[d]];
     below[d].push_back(dir);
     int raw = os.OpenAt(src_fd, dir.name.c_str(), kDirFlags, 0);
@@ -172,60 +173,44 @@ Status ScanSubtreesOnThreads(Os& os, int src_fd, int ways, bool top_cold, std::s
     return ScanDir(os, sub.get(), 0, &below[d]);
   };
   *cold = top_cold;
-  std::size_t first = 0;  // subtrees [first, n) go to RunOnThreads
+  std::size_t apart = 0;  // subtrees [0, apart) are scanned into `below`
   if (!top_cold && ways > 1 && !dirs.empty()) {
     const auto t0 = std::chrono::steady_clock::now();
-    DESPOOL_RETURN_IF_ERROR(scan(0));
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-    *cold = SubtreeLooksCold(below[0].size() - 1, ns.count());
-    first = 1;
+    DESPOOL_RETURN_IF_ERROR(scan_apart(0));
+    *cold = SubtreeLooksCold(below[0].size() - 1, NsSince(t0));
+    apart = 1;
   }
-  if (!*cold) {
-    out->clear();
-    out->reserve(std::max(size_hint, top.size()));
-    out->push_back(std::move(top[0]));
-    std::size_t next_dir = 0;
-    for (std::size_t i = 1; i < top.size(); ++i) {
-      const int g = static_cast<int>(out->size());
-      out->push_back(std::move(top[i]));
-      if (next_dir == dirs.size() || dirs[next_dir] != i) continue;
-      if (next_dir < first) {  // the probed subtree
-        auto& sub = below[next_dir];
-        for (std::size_t k = 1; k < sub.size(); ++k) {
-          sub[k].parent += g;
-          out->push_back(std::move(sub[k]));
-        }
-      } else {
-        int raw = os.OpenAt(src_fd, (*out)[g].name.c_str(), kDirFlags, 0);
-        if (raw < 0) return SysError("open source directory " + (*out)[g].path, errno);
-        Fd sub(&os, raw);
-        DESPOOL_RETURN_IF_ERROR(ScanDir(os, sub.get(), g, out));
-      }
-      ++next_dir;
+  if (*cold) {
+    const auto statuses = RunOnThreads(dirs.size() - apart, ways,
+                                       [&](std::size_t d) { return scan_apart(apart + d); });
+    for (const auto& st : statuses) {
+      if (!st.ok()) return st;  // the first subtree in depth-first order that failed
     }
-    return Status::Ok();
-  }
-  const auto statuses = RunOnThreads(dirs.size() - first, ways,
-                                     [&](std::size_t d) { return scan(first + d); });
-  for (const auto& st : statuses) {
-    if (!st.ok()) return st;  // the first subtree in depth-first order that failed
+    apart = dirs.size();
   }
   std::size_t total = top.size();
-  for (const auto& b : below) total += b.size() - 1;
+  for (const auto& b : below) total += b.empty() ? 0 : b.size() - 1;
   out->clear();
-  out->reserve(total);
+  out->reserve(std::max(size_hint, total));
   out->push_back(std::move(top[0]));
-  std::size_t next_dir = 0;
+  std::size_t d = 0;  // the next top-level directory
   for (std::size_t i = 1; i < top.size(); ++i) {
     const int g = static_cast<int>(out->size());
     out->push_back(std::move(top[i]));
-    if (next_dir < dirs.size() && dirs[next_dir] == i) {
-      auto& sub = below[next_dir++];
+    if (d == dirs.size() || dirs[d] != i) continue;
+    if (d < apart) {
+      auto& sub = below[d];
       for (std::size_t k = 1; k < sub.size(); ++k) {
         sub[k].parent += g;
         out->push_back(std::move(sub[k]));
       }
+    } else {
+      int raw = os.OpenAt(src_fd, (*out)[g].name.c_str(), kDirFlags, 0);
+      if (raw < 0) return SysError("open source directory " + (*out)[g].path, errno);
+      Fd sub(&os, raw);
+      DESPOOL_RETURN_IF_ERROR(ScanDir(os, sub.get(), g, out));
     }
+    ++d;
   }
   return Status::Ok();
 }
@@ -249,11 +234,9 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
     // The top level on this thread; the rest on `ways` threads only if it found cold caches.
     const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
-    const auto top_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
-    const bool top_cold = WaysForColdness(ways, out.size() - 1, top_ns.count()) > 1;
+    const bool top_cold = TopLevelLooksCold(out.size() - 1, NsSince(t0));
     bool found_cold = false;
-    DESPOOL_RETURN_IF_ERROR(
-        ScanSubtreesOnThreads(os, src_fd, ways, top_cold, size_hint, &out, &found_cold));
+    DESPOOL_RETURN_IF_ERROR(ScanSubtrees(os, src_fd, ways, top_cold, size_hint, &out, &found_cold));
     if (cold != nullptr) *cold = found_cold;
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));

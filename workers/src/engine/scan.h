@@ -33,7 +33,7 @@ struct SrcEntry {
 // (see WalkTreeOnThreads: more inode reads in flight with cold caches); the result is that of
 // one thread (with several hostile entries, the error may name another one of them).
 // `cold`, when given and ways > 1, tells whether the scan found the caches cold (the top
-// level's stats, WaysForColdness, or else the first subtree's, SubtreeLooksCold); with ways <= 1
+// level's stats, TopLevelLooksCold, or else the first subtree's, SubtreeLooksCold); with ways <= 1
 // it is set false.
 // `size_hint`: how many entries to expect (the installed manifest's; 0: unknown).
 Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways = 1, bool* cold = nullptr,
