@@ -727,9 +727,7 @@ struct Engine::Impl {
     // and the scratch dir goes too, as far as they can (what is left, recovery removes).
     ~Discards() {
       (void)removals_.Stop(/*drain=*/true);
-      if (!dir_.valid()) return;
-      dir_.Reset();
-      (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
+      if (dir_.valid()) (void)RemoveScratchDir();
     }
     Discards(const Discards&) = delete;
     Discards& operator=(const Discards&) = delete;
@@ -754,9 +752,7 @@ struct Engine::Impl {
 
     Status Finish() {
       if (auto e = removals_.Stop(/*drain=*/true)) std::rethrow_exception(e);
-      if (!dir_.valid()) return Status::Ok();
-      dir_.Reset();
-      if (impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+      if (dir_.valid() && !RemoveScratchDir() && errno != ENOENT) {
         Log()->warn("could not remove {}: {} (the next refresh of the package removes it)",
                     dir_name_, std::strerror(errno));
       }
@@ -764,25 +760,27 @@ struct Engine::Impl {
     }
 
    private:
+    // Closes and removes the scratch dir (it must be empty); false with errno set on failure.
+    bool RemoveScratchDir() {
+      dir_.Reset();
+      return impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR) == 0;
+    }
+
     // Creates the scratch dir and starts the removals; on failure Take removes in place.
     void Start() {
       failed_ = true;
       if (impl_.os.MkdirAt(d_.trash.get(), dir_name_.c_str(), 0700) != 0 && errno != EEXIST) return;
-      int raw = impl_.os.OpenAt(d_.trash.get(), dir_name_.c_str(), kDirFlags, 0);
-      if (raw < 0) {
-        (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
-        return;
+      dir_ = Fd(&impl_.os, impl_.os.OpenAt(d_.trash.get(), dir_name_.c_str(), kDirFlags, 0));
+      if (dir_.valid()) {
+        try {
+          removals_.Start();
+          failed_ = false;
+          return;
+        } catch (const std::system_error& e) {
+          Log()->warn("removing stale spare entries on the staging thread: {}", e.what());
+        }
       }
-      dir_ = Fd(&impl_.os, raw);
-      try {
-        removals_.Start();
-      } catch (const std::system_error& e) {
-        Log()->warn("removing stale spare entries on the staging thread: {}", e.what());
-        dir_.Reset();
-        (void)impl_.os.UnlinkAt(d_.trash.get(), dir_name_.c_str(), AT_REMOVEDIR);
-        return;
-      }
-      failed_ = false;
+      (void)RemoveScratchDir();  // unopened or without a thread: nothing goes in it
     }
 
     Impl& impl_;
@@ -1104,29 +1102,28 @@ struct Engine::Impl {
         }
       }
     }
-    constexpr int kRawDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-    int src = files.empty() ? -1 : ::fcntl(src_root, F_DUPFD_CLOEXEC, 0);
-    int base = from_spare && job.live_cold
-                   ? ::openat(job.d.staging.get(), job.staged.c_str(), kRawDirFlags)
-                   : -1;
-    if (src < 0 && base < 0) return {};
-    RefreshStats* stats = &job.stats;
-    auto run = [src, base, files = std::move(files), stats](std::stop_token stop) {
-      try {
-        if (src >= 0) stats->prefetched_files = internal::PrefetchFiles(src, files, stop);
-        if (base >= 0) {
-          stats->prefetched_dirs = internal::PrefetchDirectories(base, kPrefetchWays, stop);
-        }
-      } catch (...) {  // a hint: nothing to report (std::bad_alloc, a thread not started)
+    Os& sys = RealOs();  // hints bypass the injected Os (prefetch.h)
+    Fd src, base;
+    if (!files.empty()) src = Fd(&sys, ::fcntl(src_root, F_DUPFD_CLOEXEC, 0));
+    if (from_spare && job.live_cold) {
+      if (auto dir = internal::OpenDir(sys, job.d.staging.get(), job.staged); dir.ok()) {
+        base = std::move(dir).value();
       }
-      if (src >= 0) ::close(src);
-      if (base >= 0) ::close(base);
-    };
+    }
+    if (!src.valid() && !base.valid()) return {};
+    RefreshStats* stats = &job.stats;
     try {
-      return std::jthread(std::move(run));
-    } catch (...) {  // no thread: no hints
-      if (src >= 0) ::close(src);
-      if (base >= 0) ::close(base);
+      return std::jthread([src = std::move(src), base = std::move(base), files = std::move(files),
+                           stats](std::stop_token stop) {
+        try {
+          if (src.valid()) stats->prefetched_files = internal::PrefetchFiles(src.get(), files, stop);
+          if (base.valid()) {
+            stats->prefetched_dirs = internal::PrefetchDirectories(base.get(), kPrefetchWays, stop);
+          }
+        } catch (...) {  // a hint: nothing to report (std::bad_alloc, a thread not started)
+        }
+      });
+    } catch (...) {  // no thread: no hints (the descriptors close with the callable)
       return {};
     }
   }

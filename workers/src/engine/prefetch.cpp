@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 
 #include "fsutil.h"
 #include "scan.h"
@@ -17,27 +16,18 @@
 namespace despool::workers::internal {
 namespace {
 
-constexpr int kRawDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+// The hints' system calls: the real ones, never a test's injected Os (see prefetch.h).
+Os& Sys() { return RealOs(); }
 
 // The names in the directory open as `fd` that may be directories (the listing is the point):
 // DT_DIR, or DT_UNKNOWN on filesystems that do not say (opening it with O_DIRECTORY tells).
 std::vector<std::string> ListSubdirs(int fd) {
+  std::vector<DirEntry> entries;
   std::vector<std::string> subdirs;
-  int own = ::openat(fd, ".", kRawDirFlags);  // its own offset (a dup would share fd's)
-  if (own < 0) return subdirs;
-  DIR* dir = ::fdopendir(own);
-  if (dir == nullptr) {
-    ::close(own);
-    return subdirs;
+  if (Sys().ReadDir(fd, &entries) != 0) return subdirs;
+  for (auto& e : entries) {
+    if (e.type == DT_DIR || e.type == DT_UNKNOWN) subdirs.push_back(std::move(e.name));
   }
-  while (const struct dirent* e = ::readdir(dir)) {
-    if ((e->d_type != DT_DIR && e->d_type != DT_UNKNOWN) || std::strcmp(e->d_name, ".") == 0 ||
-        std::strcmp(e->d_name, "..") == 0) {
-      continue;
-    }
-    subdirs.emplace_back(e->d_name);
-  }
-  ::closedir(dir);
   return subdirs;
 }
 
@@ -45,11 +35,12 @@ std::vector<std::string> ListSubdirs(int fd) {
 std::size_t PrefetchTree(int dirfd, const std::string& name, int depth,
                          const std::stop_token& stop) {
   if (depth > kMaxDepth || stop.stop_requested()) return 0;
-  int fd = ::openat(dirfd, name.c_str(), kRawDirFlags);
-  if (fd < 0) return 0;  // not a directory (DT_UNKNOWN), a symlink, gone
+  auto dir = OpenDir(Sys(), dirfd, name);
+  if (!dir.ok()) return 0;  // not a directory (DT_UNKNOWN), a symlink, gone
   std::size_t listed = 1;
-  for (const auto& sub : ListSubdirs(fd)) listed += PrefetchTree(fd, sub, depth + 1, stop);
-  ::close(fd);
+  for (const auto& sub : ListSubdirs(dir->get())) {
+    listed += PrefetchTree(dir->get(), sub, depth + 1, stop);
+  }
   return listed;
 }
 
@@ -72,17 +63,16 @@ std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths, std:
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   for (const auto& path : paths) {
     if (stop.stop_requested()) break;
-    int fd = static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
-    if (fd < 0) {
+    Fd fd(&Sys(), static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how)));
+    if (!fd.valid()) {
       if (errno == ENOSYS || errno == EPERM) break;  // no openat2 (kernel < 5.6, a seccomp filter)
       continue;
     }
     struct stat st;
-    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        ::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED) == 0) {
+    if (::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) &&
+        ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_WILLNEED) == 0) {
       ++started;
     }
-    ::close(fd);
   }
   return started;
 }

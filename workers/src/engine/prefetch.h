@@ -1,8 +1,9 @@
 // Cache hints for a refresh that finds the caches cold (internal).
 //
-// They change nothing on disk and decide nothing, so they make their system calls directly
-// instead of through the Os: whether they run at all depends on how long stats took, and the
-// crash tests enumerate a refresh's Os calls, which must not vary with cache timing. Every
+// They change nothing on disk and decide nothing, so they make their system calls through
+// RealOs(), never through the Os the engine was given: whether they run at all depends on how
+// long stats took, and the crash tests enumerate a refresh's Os calls, which must not vary with
+// cache timing. Every
 // error is ignored (the walk that follows reads what it needs either way). Both stop early,
 // between two files or directories, once `stop` is requested.
 #pragma once

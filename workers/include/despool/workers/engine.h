@@ -211,7 +211,7 @@ struct EngineConfig {
   // the staging takes out of the reused spare tree is renamed aside and removed on a thread of
   // its own (freeing a file's blocks can wait for the device's discard), with cold caches one
   // more thread reads ahead the files to copy and the spare's directories (four threads for
-  // those; system calls made directly, not through the Os: hints that decide nothing), and
+  // those; real system calls, not through the Os: hints that decide nothing), and
   // the re-check of the source runs beside the syncfs of the staged tree. With 1 everything
   // (each copied file's writeback start too) runs on the calling thread in one fixed order, so
   // the n-th call through the Os is always the same call (tests that enumerate call points by
