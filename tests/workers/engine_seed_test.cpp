@@ -97,10 +97,7 @@ TEST(SeedExtraTest, UnchangedHeldFileDoesNotBlockUnlessAsked) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2", root = tmp / "dp";
   fs::create_directories(root);
   MakeVersion(v1, 1);
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   WriteFile(v2 + "/d2/f2.bin", "changed", 0644, 1800000000);
   SetMtime(v2 + "/d2", 1650000000);
   Engine engine;

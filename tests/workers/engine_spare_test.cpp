@@ -26,12 +26,7 @@ class SpareSeedTest : public ::testing::Test {
     v2 = tmp / "v2";
     MakeVersion(v1, 1, TreeOptions{kFiles, 4, true, true, 300});
     // v2: v1 with the same metadata, two files changed, one removed, one added.
-    fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-    for (auto& [rel, node] : Snap(v1)) {
-      if (node.type != 'l') {
-        SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-      }
-    }
+    CopyTree(v1, v2);
     WriteFile(v2 + "/d1/f1.bin", "changed", 0644, 1800000000);
     WriteFile(v2 + "/f4.bin", "changed too", 0600, 1800000000);
     fs::remove(v2 + "/d2/f2.bin");
@@ -256,12 +251,7 @@ class StaleSpareTest : public SpareSeedTest {
   void SetUp() override {
     SpareSeedTest::SetUp();
     v3 = tmp / "v3";
-    fs::copy(v2, v3, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-    for (auto& [rel, node] : Snap(v2)) {
-      if (node.type != 'l') {
-        SetMtime(v3 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-      }
-    }
+    CopyTree(v2, v3);
     WriteFile(v3 + "/d3/f3.bin", "changed in v3", 0644, 1800000002);
     SetMtime(v3 + "/d3", 1650000000);
     ASSERT_EQ(Run(*MakeEngine(), 1, v1).kind, OutcomeKind::kApplied);

@@ -80,11 +80,8 @@ TEST_F(EngineTest, FirstInstallIsAnExactCopy) {
 TEST_F(EngineTest, IncrementalRefreshLinksUnchangedFiles) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2";
   MakeVersion(v1, 1);
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
   // Keep metadata of the copy identical to v1, then change three things.
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   WriteFile(v2 + "/d1/f1.bin", "changed content", 0644, 1800000000);
   fs::remove(v2 + "/d2/f2.bin");
   WriteFile(v2 + "/new/added.txt", "added", 0600, 1800000001);
@@ -117,10 +114,7 @@ TEST_F(EngineTest, SpareTreeIsReshapedExactly) {
   for (int v = 2; v <= 5; ++v) {
     const std::string& prev = srcs[static_cast<size_t>(v - 2)];
     const std::string& cur = srcs[static_cast<size_t>(v - 1)];
-    fs::copy(prev, cur, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-    for (auto& [rel, node] : Snap(prev)) {
-      if (node.type != 'l') SetMtime(cur + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-    }
+    CopyTree(prev, cur);
   }
   // v2: a file becomes a dir, a dir becomes a symlink, a mode changes.
   fs::remove(srcs[1] + "/f3.bin");
@@ -194,10 +188,7 @@ TEST_F(EngineTest, LiveFileChangedInPlaceIsCopiedAfresh) {
   MakeVersion(v1, 1);
   auto e = MakeEngine();
   ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   // Someone scribbles on the DP (size and mtime change).
   WriteFile(Live() + "/f0.bin", "scribbled", 0755, 1700000001);
   auto out = Run(*e, 2, v2);
@@ -211,10 +202,7 @@ TEST_F(EngineTest, ChecksumOptionComparesContent) {
   MakeVersion(v1, 1);
   auto e = MakeEngine();
   ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   // Same size, same mtime, different content: only a checksum run sees it.
   std::string old = ReadFile(v1 + "/f0.bin");
   std::string changed = old;
@@ -304,10 +292,7 @@ TEST_F(EngineTest, AnyOpenBlocksAsksAboutEveryFile) {
   MakeVersion(v1, 1);
   auto e = MakeEngine();
   ASSERT_EQ(Run(*e, 1, v1).kind, OutcomeKind::kApplied);
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   workers::RefreshOptions opt;
   opt.any_open_blocks = true;
   auto out = Run(*e, 2, v2, opt);
@@ -408,10 +393,7 @@ TEST_F(EngineTest, EnospcAndEioLeaveLiveUntouchedAndStagingGone) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2";
   MakeVersion(v1, 1, TreeOptions{12, 3, true, true, 64u << 10});
   // v2: half the files unchanged (linked), half changed (copied).
-  fs::copy(v1, v2, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
-  for (auto& [rel, node] : Snap(v1)) {
-    if (node.type != 'l') SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
-  }
+  CopyTree(v1, v2);
   for (int i = 0; i < 12; i += 2) {
     std::string rel = (i % 3 == 0 ? std::string() : "d" + std::to_string(i % 3) + "/") + "f" +
                       std::to_string(i) + ".bin";
@@ -517,8 +499,7 @@ TEST_F(EngineTest, SourceChangingDuringTheCopyIsRetryable) {
 TEST_F(EngineTest, RecheckCatchesAChangedLinkedFileOnAnyNumberOfThreads) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2";
   MakeVersion(v1, 1, TreeOptions{40, 4, false, false, 300});
-  fs::copy(v1, v2, fs::copy_options::recursive);
-  for (auto& [rel, node] : Snap(v1)) SetMtime(v2 + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  CopyTree(v1, v2);
   WriteFile(v2 + "/f0.bin", "changed", 0644, 1800000000);
   ASSERT_TRUE(fs::exists(v2 + "/d1/f5.bin"));
   ASSERT_TRUE(fs::exists(v2 + "/d3/f7.bin"));

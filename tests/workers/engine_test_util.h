@@ -126,6 +126,15 @@ inline Snapshot Snap(const std::string& dir) {
   return out;
 }
 
+// Copies the tree `from` to `to` (symlinks as links); its files and directories keep their
+// mtimes, its symlinks get new ones (as a publisher's copy of a version would).
+inline void CopyTree(const std::string& from, const std::string& to) {
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  for (const auto& [rel, node] : Snap(from)) {
+    if (node.type != 'l') SetMtime(to + "/" + rel, node.mtime_ns / 1000000000, node.mtime_ns % 1000000000);
+  }
+}
+
 // "" when equal, else a description of the first differences.
 inline std::string Diff(const Snapshot& want, const Snapshot& got) {
   std::ostringstream o;
