@@ -183,6 +183,36 @@ TEST_F(EngineTest, UpToDateAndLowerVersionsTouchNothing) {
   for (const auto& [k, n] : before) EXPECT_EQ(after[k].ino, n.ino) << k;
 }
 
+// A journal that does not parse is reported as corruption: recovery never guesses which way a
+// switch went from a damaged record, and live stays as it is.
+TEST_F(EngineTest, MalformedJournalIsCorruption) {
+  std::string v1 = tmp / "v1";
+  MakeVersion(v1, 1);
+  ASSERT_EQ(Run(*MakeEngine(), 1, v1).kind, OutcomeKind::kApplied);
+  auto before = Snap(Live());
+  const std::string good = "despool-journal 1\npackage pkg\nto_version 2\nstaged pkg@2\ndev 1\nino 2\nend\n";
+  const std::string bad[] = {
+      "despool-journal 1\npackage pkg\nto_version 2\nstaged pkg@2\ndev 1\nino 2x\nend\n",
+      "despool-journal 1\npackage pkg\nto_version\nstaged pkg@2\ndev 1\nino 2\nend\n",
+      "despool-journal 1\npackage \nto_version 2\nstaged pkg@2\ndev 1\nino 2\nend\n",
+      "despool-journal 1\npackage pkg\nto_version 2\nstage pkg@2\ndev 1\nino 2\nend\n",
+      good.substr(0, good.size() - 4),  // cut short by a crash: no "end"
+  };
+  for (const auto& text : bad) {
+    SCOPED_TRACE(text);
+    WriteFile(root + "/.despool/journal/pkg.journal", text);
+    auto st = MakeEngine()->Recover(root);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.error().code, ErrorCode::kCorruption) << st.error().message;
+    EXPECT_EQ(Diff(before, Snap(Live())), "");
+  }
+  // Well formed (a swap that never happened: live is not the staged inode): rolled back.
+  WriteFile(root + "/.despool/journal/pkg.journal", good);
+  EXPECT_TRUE(MakeEngine()->Recover(root).ok());
+  EXPECT_FALSE(fs::exists(root + "/.despool/journal/pkg.journal"));
+  EXPECT_EQ(Diff(before, Snap(Live())), "");
+}
+
 TEST_F(EngineTest, LiveFileChangedInPlaceIsCopiedAfresh) {
   std::string v1 = tmp / "v1", v2 = tmp / "v2";
   MakeVersion(v1, 1);

@@ -89,18 +89,16 @@ struct JournalRecord {
     auto bad = [] { return MakeError(ErrorCode::kCorruption, "journal: malformed"); };
     const std::vector<std::string_view> lines = internal::SplitLines(text);
     if (lines.size() != 7 || lines[0] != "despool-journal 1" || lines[6] != "end") return bad();
-    auto val = [&](int i, const char* key) -> std::string {
-      std::string k = std::string(key) + " ";
-      return lines[i].rfind(k, 0) == 0 ? std::string(lines[i].substr(k.size())) : std::string();
-    };
-    auto num = [](const std::string& s, std::uint64_t* out) {
-      auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
-      return !s.empty() && ec == std::errc() && p == s.data() + s.size();
+    // A missing value reads as empty: refused like an empty name, or as a number.
+    auto val = [&](int i, std::string_view key) {
+      return internal::HeaderValue(lines[i], key).value_or(std::string_view());
     };
     j.package = val(1, "package");
     j.staged_name = val(3, "staged");
-    if (j.package.empty() || j.staged_name.empty() || !num(val(2, "to_version"), &j.to_version) ||
-        !num(val(4, "dev"), &j.staged_dev) || !num(val(5, "ino"), &j.staged_ino)) {
+    if (j.package.empty() || j.staged_name.empty() ||
+        !internal::ParseNum(val(2, "to_version"), &j.to_version) ||
+        !internal::ParseNum(val(4, "dev"), &j.staged_dev) ||
+        !internal::ParseNum(val(5, "ino"), &j.staged_ino)) {
       return bad();
     }
     return j;

@@ -3,9 +3,11 @@
 
 #include <sys/stat.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -107,6 +109,23 @@ std::int64_t MtimeNs(const struct stat& st);
 // The '\n'-terminated lines of `text` (views into it); a last line without '\n' is dropped,
 // so a record cut short by a crash never parses as complete.
 std::vector<std::string_view> SplitLines(std::string_view text);
+
+// The value of a header line "<key> <value>" (the manifest's, the journal's); nullopt when the
+// line starts with another key.
+inline std::optional<std::string_view> HeaderValue(std::string_view line, std::string_view key) {
+  if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ' ') {
+    return std::nullopt;
+  }
+  return line.substr(key.size() + 1);
+}
+
+// All of `s` as a number in `base`; false when empty, out of range or followed by anything.
+template <typename T>
+bool ParseNum(std::string_view s, T* out, int base = 10) {
+  if (s.empty()) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out, base);
+  return ec == std::errc() && p == s.data() + s.size();
+}
 inline std::string Join(const std::string& dir, const std::string& name) {
   return dir.empty() || dir == "." ? name : dir + "/" + name;
 }

@@ -63,24 +63,12 @@ std::vector<std::string_view> SplitSpaces(std::string_view line) {
   return out;
 }
 
-template <typename T>
-bool ParseNum(std::string_view s, T* out, int base = 10) {
-  if (s.empty()) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out, base);
-  return ec == std::errc() && p == s.data() + s.size();
-}
-
 Error Corrupt(std::string what) {
   return MakeError(ErrorCode::kCorruption, "manifest: " + what);
 }
 
-// The value of a header line "<key> <value>"; nullopt when the line starts with another key.
-std::optional<std::string_view> HeaderValue(std::string_view line, std::string_view key) {
-  if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ' ') {
-    return std::nullopt;
-  }
-  return line.substr(key.size() + 1);
-}
+using internal::HeaderValue;
+using internal::ParseNum;
 
 }  // namespace
 
