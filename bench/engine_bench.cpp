@@ -13,9 +13,10 @@
 // first install seeds no spare, so v1 -> v2 is staged from scratch, as before it existed).
 //
 // Refresh time runs from the call to its return (every fsync, the retiring of the old tree and,
-// after a first install, the seeding of the spare included); cp/rsync are timed with and without a following `sync`. Bytes written come from
-// /proc/self/io write_bytes (children's counters are added to ours when they are reaped, so the
-// same counter covers cp and rsync). Cold runs drop the page cache first
+// after a first install, the seeding of the spare included); cp/rsync are timed with and
+// without a following `sync`. Bytes written and read come from /proc/self/io write_bytes and
+// read_bytes (children's counters are added to ours when they are reaped, so the same counters
+// cover cp and rsync). Cold runs drop the page cache first
 // (`sync; echo 3 > /proc/sys/vm/drop_caches`) when permitted. A run counts only if the result
 // equals the source (paths, types, sizes, modes, mtimes, symlink targets, content hashes).
 #include <fcntl.h>
