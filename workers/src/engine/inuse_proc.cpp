@@ -26,6 +26,7 @@
 #include <unordered_set>
 
 #include "despool/workers/inuse.h"
+#include "fsutil.h"
 #include "inuse_internal.h"
 
 namespace despool::workers {
@@ -49,20 +50,11 @@ struct FileKeyHash {
   }
 };
 
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  bool ok() const { return fd_ >= 0; }
+using internal::Fd;
 
- private:
-  int fd_;
-};
+// The scan's descriptors are plain ones of /proc (the engine's Os is for the DP's filesystem);
+// they close through RealOs().
+Fd Adopt(int fd) { return Fd(&RealOs(), fd); }
 
 bool Vanished(int err) {
   return err == ENOENT || err == ESRCH;
@@ -72,8 +64,8 @@ bool Vanished(int err) {
 // grows, so one reused across processes costs no allocation or zero-filling per file; seq files
 // may return short reads before the end, hence the loop to EOF. Returns 0 or an errno.
 int ReadAll(int dirfd, const char* name, std::string& buf) {
-  Fd fd(::openat(dirfd, name, O_RDONLY | O_CLOEXEC));
-  if (!fd.ok()) return errno;
+  Fd fd = Adopt(::openat(dirfd, name, O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno;
   if (buf.size() < 16384) buf.resize(16384);
   std::size_t used = 0;
   for (;;) {
@@ -149,8 +141,8 @@ std::string HiddenProcessesReason(int proc_fd) {
       !(stx.stx_mask & STATX_MNT_ID))
     return {};
   std::string mountinfo;
-  Fd self(::open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!self.ok() || ReadAll(self.get(), "mountinfo", mountinfo) != 0) return {};
+  Fd self = Adopt(::open("/proc/self", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!self.valid() || ReadAll(self.get(), "mountinfo", mountinfo) != 0) return {};
   const std::string id = std::to_string(stx.stx_mnt_id) + " ";
   std::size_t pos = 0;
   while (pos < mountinfo.size()) {
@@ -205,8 +197,8 @@ class Scanner {
   std::size_t unreadable_count = 0;
 
   void ScanProcess(int proc_fd, const char* name, std::int64_t pid) {
-    Fd pid_dir(::openat(proc_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!pid_dir.ok()) {
+    Fd pid_dir = Adopt(::openat(proc_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!pid_dir.valid()) {
       if (!Vanished(errno)) Unreadable(pid, "/proc entry", errno);
       return;
     }
@@ -247,8 +239,8 @@ class Scanner {
   enum class Scan { kOk, kVanished, kUnreadable };  // kUnreadable: already recorded
 
   Scan ScanFds(int pid_dirfd, std::int64_t pid) {
-    Fd fd_dir(::openat(pid_dirfd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd_dir.ok()) {
+    Fd fd_dir = Adopt(::openat(pid_dirfd, "fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd_dir.valid()) {
       int err = errno;
       if (Vanished(err)) return Scan::kVanished;
       if (!HoldsNoFiles(pid_dirfd)) Unreadable(pid, "fd", err);
@@ -378,8 +370,8 @@ class ProcProbe final : public InUseProbe {
     }
 
     if (!targets.empty()) {
-      Fd proc(::open(proc_root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      if (!proc.ok()) {
+      Fd proc = Adopt(::open(proc_root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!proc.valid()) {
         Error e = SysError("proc probe: open " + proc_root_, errno);
         e.code = ErrorCode::kFailedPrecondition;
         return e;
