@@ -10,10 +10,12 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "despool/workers/engine.h"
 #include "despool/workers/os.h"
+#include "engine/scan.h"
 #include "workers/engine_test_util.h"
 
 namespace despool::enginetest {
@@ -674,18 +676,21 @@ TEST_F(EngineTest, ScansOnSeveralThreadsSeeWhatOneThreadSees) {
     const struct timespec times[2] = {{0, UTIME_OMIT}, st.st_mtim};
     ASSERT_EQ(::utimensat(AT_FDCWD, twin.c_str(), times, AT_SYMLINK_NOFOLLOW), 0);
   }
+  // And a source file changed: the scan reads it ahead as it finds it (the quick check already
+  // says it will be copied); the live file changed in place is read ahead once planned.
+  WriteFile(v2 + "/d2/a/b0/c/x0", Content("x0 in v2", 300), 0644, 1700000456);
   disks[4]->max_in_flight = 0;
   std::uint64_t live_dirs = 0;  // the seeded spare's directories: the live tree's ("." too)
   for (const auto& [rel, node] : Snap(r4 + "/pkg")) live_dirs += node.type == 'd';
   auto out = engines[4]->Refresh(Request(r4, 2, v2), nullptr, cancel);
   EXPECT_KIND(out, OutcomeKind::kApplied);
   EXPECT_GE(disks[4]->max_in_flight.load(), 3);  // the live walk beside the scan, both split
-  // Cold, the staging from the spare the install seeded read ahead (engine/prefetch.h): the
-  // one file to copy and every directory of the spare. The result is the same.
+  // Cold, the refresh from the spare the install seeded read ahead (engine/prefetch.h): the
+  // two files to copy and every directory of the spare. The result is the same.
   EXPECT_TRUE(out.stats.cold_caches);
-  EXPECT_EQ(out.stats.prefetched_files, 1u);
+  EXPECT_EQ(out.stats.prefetched_files, 2u);
   EXPECT_EQ(out.stats.prefetched_dirs, live_dirs);
-  EXPECT_EQ(out.stats.files_copied, 1u);
+  EXPECT_EQ(out.stats.files_copied, 2u);
   EXPECT_EQ(Diff(Snap(v2), Snap(r4 + "/pkg")), "");
 
   // A FIFO deep in one subtree is refused, by name, as with one thread.
@@ -758,6 +763,65 @@ TEST_F(EngineTest, ColdFilesUnderAWarmTopLevelAreFoundCold) {
     }
   }
   EXPECT_EQ(manifests[1].entries, manifests[4].entries);
+}
+
+// ScanSource's ColdFileHook (the engine reads ahead changed files with it): called once for
+// every regular file when the scan finds the caches cold, whichever way it found them (a slow
+// top level, or a slow first subtree below a fast one), and never otherwise (one thread, warm).
+TEST_F(EngineTest, AColdScanOffersEveryFileOnceToItsHook) {
+  const std::string src = tmp / "hooked";
+  for (int d = 0; d < 4; ++d) {
+    for (int f = 0; f < 10; ++f) {
+      WriteFile(src + "/d" + std::to_string(d) + "/sub/f" + std::to_string(f) + ".bin", "x");
+    }
+  }
+  WriteFile(src + "/top.bin", "t");
+  fs::create_symlink("top.bin", src + "/link");
+  std::set<std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(src)) {
+    if (e.is_regular_file() && !e.is_symlink()) {
+      files.insert(e.path().lexically_relative(src).string());
+    }
+  }
+  ASSERT_EQ(files.size(), 41u);
+  const int fd = ::open(src.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  struct Case {
+    const char* name;
+    workers::Os* os;
+    int ways;
+    bool must_be_cold;
+  };
+  ColdDiskOs cold_everywhere;
+  SlowFilesOs cold_below;  // dirs stat fast, files slowly: found cold by the first subtree
+  Case cases[] = {{"cold top level", &cold_everywhere, 4, true},
+                  {"cold below a fast top level", &cold_below, 4, true},
+                  {"one thread", &cold_everywhere, 1, false},
+                  {"the real disk", &workers::RealOs(), 4, false}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::mutex mu;
+    std::multiset<std::string> offered;
+    bool cold = false;
+    auto scanned = workers::internal::ScanSource(*c.os, fd, c.ways, &cold, 0, [&](const workers::internal::SrcEntry& e) {
+      EXPECT_EQ(e.type, workers::EntryType::kFile) << e.path;
+      std::lock_guard lock(mu);
+      offered.insert(e.path);
+    });
+    ASSERT_TRUE(scanned.ok()) << scanned.error().message;
+    EXPECT_EQ(scanned->size(), 1 + 1 + 1 + 4 * 2 + 40u);  // root, top.bin, link, dirs, files
+    if (c.must_be_cold) {
+      EXPECT_TRUE(cold);
+    }
+    // The real disk is warm here, but a loaded machine may make it look cold: then it must
+    // offer every file, as the simulated cold disks do.
+    if (cold) {
+      EXPECT_EQ(offered, std::multiset<std::string>(files.begin(), files.end()));
+    } else {
+      EXPECT_TRUE(offered.empty()) << offered.size() << " files offered though found warm";
+    }
+  }
+  ::close(fd);
 }
 
 // ---- Hostile sources ----

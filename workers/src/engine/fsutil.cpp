@@ -232,7 +232,8 @@ bool TopLevelLooksCold(std::size_t entries, std::int64_t elapsed_ns) {
   return entries > 0 && elapsed_ns / static_cast<std::int64_t>(entries) > kColdStatNs;
 }
 
-Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold) {
+Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold,
+                         const std::function<void()>& on_cold) {
   if (cold != nullptr) *cold = false;
   if (ways <= 1) return WalkTree(os, dirfd, out);
   // The top level here; the directories in it on `ways` threads if it found cold caches, each
@@ -252,6 +253,7 @@ Status WalkTreeOnThreads(Os& os, int dirfd, StatMap* out, int ways, bool* cold) 
   }
   if (cold != nullptr) *cold = found_cold;
   if (!found_cold) return WalkDirs(os, dirfd, "", dirs, out);
+  if (on_cold) on_cold();
   std::vector<StatMap> below(dirs.size());
   const auto statuses = RunOnThreads(dirs.size(), ways, [&](std::size_t i) -> Status {
     DESPOOL_ASSIGN_OR_RETURN(Fd sub, OpenDir(os, dirfd, dirs[i]));

@@ -29,4 +29,7 @@ std::size_t PrefetchDirectories(int dirfd, int ways, std::stop_token stop = {});
 std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths,
                           std::stop_token stop = {});
 
+// PrefetchFiles for one path: whether it started the read. Thread-safe.
+bool PrefetchFile(int dirfd, const std::string& path);
+
 }  // namespace despool::workers::internal

@@ -155,15 +155,22 @@ namespace {
 // local index k lands at g + k, g being its directory's place. Warm, the subtrees not yet
 // scanned are scanned on this thread straight into the result (no vectors of their own: the
 // memory a refresh touches for the first time costs page faults, and on this VM more).
-// `size_hint`: the entries expected (0: unknown).
+// `size_hint`: the entries expected (0: unknown). Cold, `on_cold_file` gets each subtree's
+// files once it is scanned (and the top level's, when the first subtree found them cold).
 Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t size_hint,
-                    std::vector<SrcEntry>* out, bool* cold) {
+                    std::vector<SrcEntry>* out, bool* cold, const ColdFileHook& on_cold_file) {
   std::vector<SrcEntry> top = std::move(*out);
   std::vector<std::size_t> dirs;
   for (std::size_t i = 1; i < top.size(); ++i) {
     if (top[i].type == EntryType::kDir) dirs.push_back(i);
   }
   std::vector<std::vector<SrcEntry>> below(dirs.size());
+  auto hint = [&](const std::vector<SrcEntry>& entries) {
+    if (!on_cold_file) return;
+    for (const auto& e : entries) {
+      if (e.type == EntryType::kFile) on_cold_file(e);
+    }
+  };
   auto scan_apart = [&](std::size_t d) -> Status {
     const SrcEntry& dir = top[dirs[d]];
     below[d].push_back(dir);
@@ -179,10 +186,17 @@ Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t siz
     DESPOOL_RETURN_IF_ERROR(scan_apart(0));
     *cold = SubtreeLooksCold(below[0].size() - 1, NsSince(t0));
     apart = 1;
+    if (*cold) {  // the top level's files were not offered: it looked warm
+      hint(top);
+      hint(below[0]);
+    }
   }
   if (*cold) {
-    const auto statuses = RunOnThreads(dirs.size() - apart, ways,
-                                       [&](std::size_t d) { return scan_apart(apart + d); });
+    const auto statuses = RunOnThreads(dirs.size() - apart, ways, [&](std::size_t d) {
+      Status s = scan_apart(apart + d);
+      if (s.ok()) hint(below[apart + d]);
+      return s;
+    });
     for (const auto& st : statuses) {
       if (!st.ok()) return st;  // the first subtree in depth-first order that failed
     }
@@ -218,7 +232,7 @@ Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t siz
 }  // namespace
 
 Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* cold,
-                                         std::size_t size_hint) {
+                                         std::size_t size_hint, const ColdFileHook& on_cold_file) {
   if (cold != nullptr) *cold = false;
   std::vector<SrcEntry> out;
   SrcEntry root;
@@ -235,8 +249,14 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
     const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
     const bool top_cold = TopLevelLooksCold(out.size() - 1, NsSince(t0));
+    if (top_cold && on_cold_file) {
+      for (const auto& e : out) {
+        if (e.type == EntryType::kFile) on_cold_file(e);
+      }
+    }
     bool found_cold = false;
-    DESPOOL_RETURN_IF_ERROR(ScanSubtrees(os, src_fd, ways, top_cold, size_hint, &out, &found_cold));
+    DESPOOL_RETURN_IF_ERROR(
+        ScanSubtrees(os, src_fd, ways, top_cold, size_hint, &out, &found_cold, on_cold_file));
     if (cold != nullptr) *cold = found_cold;
   }
   DESPOOL_RETURN_IF_ERROR(ValidateSymlinks(out));

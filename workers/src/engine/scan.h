@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,14 @@ struct SrcEntry {
 // level's stats, TopLevelLooksCold, or else the first subtree's, SubtreeLooksCold); with ways <= 1
 // it is set false.
 // `size_hint`: how many entries to expect (the installed manifest's; 0: unknown).
+// `on_cold_file`, when given and ways > 1, is called for every regular file scanned once the
+// scan knows the caches are cold (a subtree's files once that subtree is scanned), on the
+// scan's threads, concurrently: it lets the caller start reading files it will copy while the
+// scan, CPU-bound on cold inodes, goes on.
+using ColdFileHook = std::function<void(const SrcEntry&)>;
 Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways = 1, bool* cold = nullptr,
-                                         std::size_t size_hint = 0);
+                                         std::size_t size_hint = 0,
+                                         const ColdFileHook& on_cold_file = nullptr);
 
 // The symlink check alone (exposed for tests): every symlink, resolved physically through the
 // other entries (following in-package symlinks), must stay inside the package.

@@ -204,13 +204,14 @@ struct EngineConfig {
   // copy helper thread when threads > 1. It may block (tests stop a child there and kill it).
   std::function<void(const char* point)> checkpoint;
   // Threads one refresh may use. With 2 or more: the walk of the live tree runs beside the scan
-  // of the source, and each of the two is split by top-level directory over `threads` threads
-  // (with cold caches more inode reads are then in flight; up to 2 x threads threads run during
-  // the scan), file copies run on threads-1 helpers beside the staging walk (plus one
-  // thread that starts each copied file's writeback, so the disk works during the copy), what
-  // the staging takes out of the reused spare tree is renamed aside and removed on a thread of
-  // its own (freeing a file's blocks can wait for the device's discard), with cold caches one
-  // more thread reads ahead the files to copy and the spare's directories (four threads for
+  // of the source; with cold caches each of the two is split by top-level directory over
+  // 2 x `threads` threads (more inode reads in flight, and cores kept busy through them; up to
+  // 4 x threads threads run during a cold scan), file copies run on threads-1 helpers beside
+  // the staging walk (plus one thread that starts each copied file's writeback, so the disk
+  // works during the copy), what the staging takes out of the reused spare tree is renamed
+  // aside and removed on a thread of its own (freeing a file's blocks can wait for the device's
+  // discard), with cold caches the scan starts reading the files it finds changed and more
+  // threads read ahead the rest to copy and list the spare's directories (four threads for
   // those; real system calls, not through the Os: hints that decide nothing), and
   // the re-check of the source runs beside the syncfs of the staged tree. With 1 everything
   // (each copied file's writeback start too) runs on the calling thread in one fixed order, so
