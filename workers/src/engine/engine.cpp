@@ -214,7 +214,8 @@ struct Engine::Impl {
   // RunOnThreads, which falls back to this thread alone when no thread can be had); otherwise
   // side runs first, then main_fn. Only read-only passes (stat, open, readdir) go on the side,
   // so the interleaving changes nothing on disk; an exception in either (a test's
-  // InjectedCrash) reaches the caller after both have finished.
+  // InjectedCrash) reaches the caller after both have finished. (Either may start hint threads
+  // that outlive it, read-only too: Job::spare_prefetch.)
   Status Beside(const std::function<Status()>& side, const std::function<void()>& main_fn) {
     const auto statuses = internal::RunOnThreads(2, threads > 1 ? 2 : 1, [&](std::size_t i) -> Status {
       if (i == 0) return side();
@@ -1479,20 +1480,30 @@ struct Engine::Impl {
     // or another size, mtime or mode) start being read as the scan finds them: the scan is
     // CPU-bound on cold inodes for tens of ms, the disk all but idle, and the copies would
     // otherwise wait for those reads (at ~380 MB/s here, 9 MB of changed files took most of
-    // the cold staging). Up to kPrefetchCopyBytes in all; only for an incremental refresh
-    // (a first install copies everything, in order).
-    std::atomic<bool> scan_hints{false};
+    // the cold staging). Only for an incremental refresh: a first install copies everything, in
+    // order, and reading all of a large copy ahead measured slower (StartPrefetch). A change
+    // larger than kPrefetchCopyBytes gets the first that much the scan finds read ahead (not
+    // measured apart; files are hinted, not read, so at worst the hints were wasted).
+    std::atomic<bool> scan_hints{false}, no_openat2{false};
     std::atomic<std::uint64_t> hinted_bytes{0}, hinted_files{0};
     internal::ColdFileHook on_cold_file;
     if (threads > 1 && (job.old || job.repair_of != nullptr)) {
       on_cold_file = [&](const SrcEntry& e) {
         scan_hints.store(true, std::memory_order_relaxed);
+        if (no_openat2.load(std::memory_order_relaxed)) return;
         const ManifestEntry* m = OldEntry(job, e.path);
         if (m != nullptr && m->type == EntryType::kFile && QuickCheckMatches(e.st, *m)) return;
         const auto size = static_cast<std::uint64_t>(e.st.st_size);
         if (hinted_bytes.fetch_add(size, std::memory_order_relaxed) + size > kPrefetchCopyBytes) return;
-        if (internal::PrefetchFile(src_root.get(), e.path)) {
-          hinted_files.fetch_add(1, std::memory_order_relaxed);
+        switch (internal::PrefetchFile(src_root.get(), e.path)) {
+          case internal::FileHint::kStarted:
+            hinted_files.fetch_add(1, std::memory_order_relaxed);
+            break;
+          case internal::FileHint::kNoOpenat2:
+            no_openat2.store(true, std::memory_order_relaxed);
+            break;
+          case internal::FileHint::kNotStarted:  // a passing failure (EMFILE, gone): no retry
+            break;
         }
       };
     }
@@ -1545,6 +1556,7 @@ struct Engine::Impl {
       auto kept = ReadManifest(job.d.staging.get(), job.staged + ".manifest");
       if (kept.ok() && kept->has_value() && CanReuse(job, **kept)) {
         job.spare_prefetch = {};  // no staging from the spare: stop it (it writes job.stats)
+        job.stats.prefetched_dirs = 0;  // what it listed will not be used
         job.next = std::move(**kept);
         reused = true;
         job.staged_complete = true;

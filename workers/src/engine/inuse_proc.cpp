@@ -53,7 +53,7 @@ struct FileKeyHash {
 using internal::Fd;
 
 // The scan's descriptors are plain ones of /proc (the engine's Os is for the DP's filesystem);
-// they close through RealOs().
+// they close through RealOs(). No system call: the errno of a failed open survives it.
 Fd Adopt(int fd) { return Fd(&RealOs(), fd); }
 
 bool Vanished(int err) {

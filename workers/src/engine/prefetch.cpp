@@ -56,39 +56,28 @@ std::size_t PrefetchDirectories(int dirfd, int ways, std::stop_token stop) {
   return listed;
 }
 
-namespace {
-
-enum class Hint { kStarted, kNotStarted, kNoOpenat2 };
-
-Hint HintFile(int dirfd, const std::string& path) {
+FileHint PrefetchFile(int dirfd, const std::string& path) {
   struct open_how how {};
   how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   Fd fd(&Sys(), static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how)));
   if (!fd.valid()) {
-    // No openat2 (kernel < 5.6, a seccomp filter): no file can be hinted.
-    return errno == ENOSYS || errno == EPERM ? Hint::kNoOpenat2 : Hint::kNotStarted;
+    return errno == ENOSYS || errno == EPERM ? FileHint::kNoOpenat2 : FileHint::kNotStarted;
   }
   struct stat st;
   return ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) &&
                  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_WILLNEED) == 0
-             ? Hint::kStarted
-             : Hint::kNotStarted;
-}
-
-}  // namespace
-
-bool PrefetchFile(int dirfd, const std::string& path) {
-  return HintFile(dirfd, path) == Hint::kStarted;
+             ? FileHint::kStarted
+             : FileHint::kNotStarted;
 }
 
 std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths, std::stop_token stop) {
   std::size_t started = 0;
   for (const auto& path : paths) {
     if (stop.stop_requested()) break;
-    const Hint h = HintFile(dirfd, path);
-    if (h == Hint::kNoOpenat2) break;
-    started += h == Hint::kStarted;
+    const FileHint h = PrefetchFile(dirfd, path);
+    if (h == FileHint::kNoOpenat2) break;
+    started += h == FileHint::kStarted;
   }
   return started;
 }

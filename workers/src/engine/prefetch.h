@@ -29,7 +29,9 @@ std::size_t PrefetchDirectories(int dirfd, int ways, std::stop_token stop = {});
 std::size_t PrefetchFiles(int dirfd, const std::vector<std::string>& paths,
                           std::stop_token stop = {});
 
-// PrefetchFiles for one path: whether it started the read. Thread-safe.
-bool PrefetchFile(int dirfd, const std::string& path);
+// PrefetchFiles for one path. Thread-safe. kNoOpenat2: openat2 is missing (kernel < 5.6) or
+// refused (a seccomp filter), so no file can be hinted.
+enum class FileHint { kStarted, kNotStarted, kNoOpenat2 };
+FileHint PrefetchFile(int dirfd, const std::string& path);
 
 }  // namespace despool::workers::internal

@@ -206,7 +206,8 @@ struct EngineConfig {
   // Threads one refresh may use. With 2 or more: the walk of the live tree runs beside the scan
   // of the source; with cold caches each of the two is split by top-level directory over
   // 2 x `threads` threads (more inode reads in flight, and cores kept busy through them; up to
-  // 4 x threads threads run during a cold scan), file copies run on threads-1 helpers beside
+  // 4 x threads threads walk during a cold scan, beside the read-ahead threads below), file
+  // copies run on threads-1 helpers beside
   // the staging walk (plus one thread that starts each copied file's writeback, so the disk
   // works during the copy), what the staging takes out of the reused spare tree is renamed
   // aside and removed on a thread of its own (freeing a file's blocks can wait for the device's
