@@ -399,6 +399,49 @@ TEST_F(EngineTest, RateLimiterThrottlesCopies) {
   EXPECT_GT(bucket->Reserve(4u << 20).count(), 400000000);
 }
 
+// A rate-limited copy goes in small chunks, each waiting for its share of the rate, and the
+// staging reports its bytes as they go, whichever thread copies (the refreshing one reports
+// per chunk; a helper's bytes are reported from the refreshing thread while it waits). Before,
+// an 8 MiB chunk waited for all of its share at once: nothing to show (nor to cancel between)
+// for 4 s at 2 MiB/s.
+TEST_F(EngineTest, AThrottledCopyReportsProgressAsItGoes) {
+  const std::string v1 = tmp / "v1";
+  WriteFile(v1 + "/big.bin", Content("big", 2u << 20));
+  struct Slow : workers::RateLimiter {
+    std::chrono::nanoseconds Reserve(std::uint64_t bytes) override {
+      total += bytes;
+      ++calls;
+      return std::chrono::milliseconds(40);  // the simulated rate: 256 KiB per 40 ms
+    }
+    std::atomic<std::uint64_t> total{0}, calls{0};
+  };
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(threads);
+    const std::string r = tmp / ("dp" + std::to_string(threads));
+    fs::create_directories(r);
+    EngineConfig c;
+    c.probe = probe;
+    c.threads = threads;
+    Engine e(c);
+    auto limiter = std::make_shared<Slow>();
+    auto req = Request(r, 1, v1);
+    req.options.rate_limiter = limiter;
+    std::vector<workers::Progress> seen;
+    auto out = e.Refresh(req, [&](const workers::Progress& p) { seen.push_back(p); }, cancel);
+    EXPECT_KIND(out, OutcomeKind::kApplied);
+    EXPECT_EQ(limiter->total.load(), 2u << 20);
+    EXPECT_EQ(limiter->calls.load(), 8u);  // 256 KiB chunks
+    std::size_t partial = 0;
+    for (const auto& p : seen) {
+      partial += p.phase == workers::Phase::kStage && p.bytes_done > 0 && p.bytes_done < p.bytes_total;
+    }
+    EXPECT_GE(partial, 1u) << "no progress reported while the file was copied";
+    for (size_t i = 1; i < seen.size(); ++i) EXPECT_GE(seen[i].bytes_done, seen[i - 1].bytes_done);
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.back().bytes_done, 2u << 20);
+  }
+}
+
 TEST_F(EngineTest, LockedPackageIsRetryable) {
   std::string v1 = tmp / "v1";
   MakeVersion(v1, 1);

@@ -195,17 +195,23 @@ TEST_F(WorkerProtocolTest, OneJobPerPackageAtATimeAndCancelLeavesLiveUntouched) 
   broker_.Send(msg::ResultAck{"a-2", 1});
   EXPECT_EQ(Snapshot(dp_ + "/same"), Snapshot(small));
 
-  // Progress is reported while copying (throttled), and cancel stops before the switch.
+  // Progress is reported while copying (throttled), and a cancel sent then stops the refresh
+  // before the switch. The copy takes ~2 s at 2 MiB/s: the second report must come during it.
   broker_.Send(Job("c-1", "same", 3, big));
-  int progress = 0;
-  const auto t0 = Clock::now();
-  while (progress < 2) {
+  std::vector<msg::ProgressReport> reports;
+  while (reports.size() < 2) {
     auto p = broker_.NextOf<msg::ProgressReport>(seconds(10));
     ASSERT_TRUE(p) << w->log();
     EXPECT_EQ(p->job_id, "c-1");
-    ++progress;
+    reports.push_back(*p);
   }
+  const auto t0 = Clock::now();
+  auto third = broker_.NextOf<msg::ProgressReport>(seconds(10));
+  ASSERT_TRUE(third) << w->log();
   EXPECT_GE(Clock::now() - t0, milliseconds(200)) << "progress is throttled to about 4 per second";
+  const msg::Progress& during = third->progress;
+  EXPECT_GT(during.bytes_done, 0u) << "no progress reported while copying";
+  ASSERT_LT(during.bytes_done, during.bytes_total) << "the copy was over before the cancel";
   broker_.Send(msg::CancelJob{"c-1", 1});
   auto cancelled = broker_.NextOf<msg::JobResult>(seconds(10), ResultFor("c-1"));
   ASSERT_TRUE(cancelled) << w->log();

@@ -45,6 +45,9 @@ namespace {
 
 constexpr const char* kMetaDir = ".despool";
 constexpr size_t kCopyChunk = 8u << 20;
+// The chunk of a rate-limited copy: each waits for its share of the rate on its own, so a copy
+// reports progress as it goes (at 2 MiB/s an 8 MiB chunk would wait 4 s with nothing to show).
+constexpr size_t kThrottledCopyChunk = 256u << 10;
 constexpr size_t kHashBuf = 1u << 20;
 
 std::shared_ptr<spdlog::logger> Log() { return GetLogger("engine"); }
@@ -476,6 +479,9 @@ struct Engine::Impl {
     bool cold_caches = false;  // the source scan found them cold (ScanSource)
     bool live_cold = false;    // the live walk found the DP's cold (WalkTreeOnThreads)
     bool files_hinted_in_scan = false;  // the scan read ahead the files to copy (RunLocked)
+    // Bytes that CopyPool helpers copied into files they have not finished (or that Drain has
+    // not yet counted in prog.bytes_done).
+    std::atomic<std::uint64_t> helper_bytes{0};
     // Per source entry (same index): the live entry at its path (nullptr if none), and for a
     // file planned to be linked the manifest entry that vouches for it.
     std::vector<const struct stat*> live_of;
@@ -491,6 +497,15 @@ struct Engine::Impl {
     // cold (StartSparePrefetch). Last member: stopped and joined before the stats it writes go.
     std::jthread spare_prefetch;
   };
+
+  // The staging's progress with the bytes that helper threads copied so far into files not
+  // yet finished (Job::helper_bytes); refreshing thread only.
+  void ReportCopying(Job& job) {
+    const std::uint64_t counted = job.prog.bytes_done;
+    job.prog.bytes_done += job.helper_bytes.load(std::memory_order_relaxed);
+    Report(job, Phase::kStage, false);
+    job.prog.bytes_done = counted;
+  }
 
   void Report(Job& job, Phase phase, bool force = true) {
     job.prog.phase = phase;
@@ -595,8 +610,9 @@ struct Engine::Impl {
     std::uint64_t done = 0;
     bool use_cfr = true;
     bool first_chunk = true;
+    const size_t max_chunk = job.opt->rate_limiter ? kThrottledCopyChunk : kCopyChunk;
     while (done < size) {
-      size_t chunk = static_cast<size_t>(std::min<std::uint64_t>(kCopyChunk, size - done));
+      size_t chunk = static_cast<size_t>(std::min<std::uint64_t>(max_chunk, size - done));
       if (job.cancel->cancelled() || !Throttle(job, chunk)) {
         *cancelled = true;
         return Status::Ok();
@@ -637,6 +653,8 @@ struct Engine::Impl {
       if (on_main) {
         job.prog.bytes_done += static_cast<std::uint64_t>(n);
         Report(job, Phase::kStage, false);
+      } else {
+        job.helper_bytes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
       }
     }
     DESPOOL_ASSIGN_OR_RETURN(*hash, HashFd(dst.get(), "staged " + e.path, buf));
@@ -898,14 +916,24 @@ struct Engine::Impl {
         Run(task, impl_.job_buf(job_), true);
         lock.lock();
       }
-      done_cv_.wait(lock, [&] { return pending_ == 0; });
+      // Helpers' copies still running: their bytes so far are reported from here (the
+      // progress callback is the refreshing thread's), every kProgressPoll.
+      while (!done_cv_.wait_for(lock, kProgressPoll, [&] { return pending_ == 0; })) {
+        lock.unlock();
+        impl_.ReportCopying(job_);
+        lock.lock();
+      }
       if (exception_) std::rethrow_exception(std::exchange(exception_, nullptr));
       for (const Done& d : done_) {
         const SrcEntry& e = job_.src[d.entry];
         job_.next.entries[d.out].hash = d.hash;
         impl_.CountCopy(job_, e, d.ino);
         // The refreshing thread counted its own copies' bytes as they went.
-        if (!d.on_main) job_.prog.bytes_done += static_cast<std::uint64_t>(e.st.st_size);
+        if (!d.on_main) {
+          const auto size = static_cast<std::uint64_t>(e.st.st_size);
+          job_.prog.bytes_done += size;
+          job_.helper_bytes.fetch_sub(size, std::memory_order_relaxed);
+        }
       }
       done_.clear();
       if (cancelled_) *cancelled = true;
@@ -922,6 +950,8 @@ struct Engine::Impl {
     };
 
     bool failed() const { return !error_.ok() || exception_ || cancelled_; }
+
+    static constexpr auto kProgressPoll = std::chrono::milliseconds(100);
 
     // Starts the writeback of copied files on its own thread: sync_file_range can wait for
     // the device queue (and ext4 allocates the blocks in it), which the copies should not.
