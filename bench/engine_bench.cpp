@@ -470,9 +470,8 @@ std::optional<std::pair<double, double>> Rounds(Engine& engine, int rounds, cons
     prep({src, r + "/dp"});
     floor.push_back(StatFloor({src, r + "/dp/pkg"}, 4));
   }
-  const auto median = Median;
   auto line = [&](const char* name, const std::vector<double>& v) {
-    std::printf("  %-34s median %7.1f ms  min %7.1f  max %7.1f  (", name, median(v) * 1000,
+    std::printf("  %-34s median %7.1f ms  min %7.1f  max %7.1f  (", name, Median(v) * 1000,
                 *std::min_element(v.begin(), v.end()) * 1000, *std::max_element(v.begin(), v.end()) * 1000);
     for (size_t k = 0; k < v.size(); ++k) std::printf("%s%.1f", k ? " " : "", v[k] * 1000);
     std::printf(")\n");
@@ -500,16 +499,16 @@ std::optional<std::pair<double, double>> Rounds(Engine& engine, int rounds, cons
   auto [l_rounds, l_min] = ratios(link);
   std::printf("  ratio of medians: %.2fx vs --delay-updates (target 2x), %.2fx vs --link-dest "
               "(target 5x)\n  per round: --delay-updates %s (lowest %.2f); --link-dest %s (lowest %.2f)\n",
-              median(delay) / median(ours), median(link) / median(ours), d_rounds.c_str(), d_min,
+              Median(delay) / Median(ours), Median(link) / Median(ours), d_rounds.c_str(), d_min,
               l_rounds.c_str(), l_min);
   std::printf("  floor, the stat of every source and live entry alone (4 threads, prepared like "
               "ours): median %.1f ms; --link-dest's median is %.2fx that\n",
-              median(floor) * 1000, median(link) / median(floor));
+              Median(floor) * 1000, Median(link) / Median(floor));
   // Ours is durable when it returns; a tool's output is once a `sync` after it returned.
   std::printf("  at equal durability (the tools' time with their sync): %.2fx vs --delay-updates, "
               "%.2fx vs --link-dest\n",
-              median(delay_sync) / median(ours), median(link_sync) / median(ours));
-  return std::make_pair(median(delay) / median(ours), median(link) / median(ours));
+              Median(delay_sync) / Median(ours), Median(link_sync) / Median(ours));
+  return std::make_pair(Median(delay) / Median(ours), Median(link) / Median(ours));
 }
 
 void InUseBench(const std::string& live, const Package& p) {

@@ -374,18 +374,22 @@ TEST_F(EngineTest, ProgressIsMonotonicAndComplete) {
   EXPECT_GE(seen.back().bytes_total, out.stats.bytes_copied);
 }
 
+// A rate limiter that records what it is asked for and makes each caller wait `wait`.
+struct RecordingLimiter : workers::RateLimiter {
+  explicit RecordingLimiter(std::chrono::nanoseconds w = {}) : wait(w) {}
+  std::chrono::nanoseconds Reserve(std::uint64_t bytes) override {
+    total += bytes;
+    ++calls;
+    return wait;
+  }
+  const std::chrono::nanoseconds wait;
+  std::atomic<std::uint64_t> total{0}, calls{0};
+};
+
 TEST_F(EngineTest, RateLimiterThrottlesCopies) {
   std::string v1 = tmp / "v1";
   MakeVersion(v1, 1, TreeOptions{4, 1, false, false, 1 << 20});  // ~4 MiB
-  struct Counting : workers::RateLimiter {
-    std::chrono::nanoseconds Reserve(std::uint64_t bytes) override {
-      total += bytes;
-      ++calls;
-      return std::chrono::nanoseconds(0);
-    }
-    std::atomic<std::uint64_t> total{0}, calls{0};
-  };
-  auto limiter = std::make_shared<Counting>();
+  auto limiter = std::make_shared<RecordingLimiter>();
   auto e = MakeEngine();
   workers::RefreshOptions opt;
   opt.rate_limiter = limiter;
@@ -407,14 +411,6 @@ TEST_F(EngineTest, RateLimiterThrottlesCopies) {
 TEST_F(EngineTest, AThrottledCopyReportsProgressAsItGoes) {
   const std::string v1 = tmp / "v1";
   WriteFile(v1 + "/big.bin", Content("big", 2u << 20));
-  struct Slow : workers::RateLimiter {
-    std::chrono::nanoseconds Reserve(std::uint64_t bytes) override {
-      total += bytes;
-      ++calls;
-      return std::chrono::milliseconds(40);  // the simulated rate: 256 KiB per 40 ms
-    }
-    std::atomic<std::uint64_t> total{0}, calls{0};
-  };
   for (int threads : {1, 2}) {
     SCOPED_TRACE(threads);
     const std::string r = tmp / ("dp" + std::to_string(threads));
@@ -423,7 +419,8 @@ TEST_F(EngineTest, AThrottledCopyReportsProgressAsItGoes) {
     c.probe = probe;
     c.threads = threads;
     Engine e(c);
-    auto limiter = std::make_shared<Slow>();
+    // The simulated rate: 256 KiB per 40 ms.
+    auto limiter = std::make_shared<RecordingLimiter>(std::chrono::milliseconds(40));
     auto req = Request(r, 1, v1);
     req.options.rate_limiter = limiter;
     std::vector<workers::Progress> seen;

@@ -710,6 +710,13 @@ struct Engine::Impl {
            (st.st_mode & 07777) == m.mode;
   }
 
+  // Whether source file `e` passes the quick check against the installed manifest (the
+  // repair's): false means it will be copied. Thread-safe (the scan's threads call it).
+  bool SourcePassesQuickCheck(Job& job, const SrcEntry& e) {
+    const ManifestEntry* m = OldEntry(job, e.path);
+    return m != nullptr && m->type == EntryType::kFile && QuickCheckMatches(e.st, *m);
+  }
+
   const ManifestEntry* OldEntry(Job& job, const std::string& path) {
     const Manifest* m = job.repair_of ? job.repair_of : (job.old ? &*job.old : nullptr);
     if (m == nullptr) return nullptr;
@@ -1146,12 +1153,9 @@ struct Engine::Impl {
       for (size_t i = 1; i < job.src.size(); ++i) {
         const SrcEntry& e = job.src[i];
         if (e.type != EntryType::kFile || job.link_from[i] != nullptr) continue;
-        if (job.files_hinted_in_scan) {
-          // The scan read ahead every file to copy but those whose source passed the quick
-          // check (copied because the live file was changed in place).
-          const ManifestEntry* m = OldEntry(job, e.path);
-          if (m == nullptr || m->type != EntryType::kFile || !QuickCheckMatches(e.st, *m)) continue;
-        }
+        // The scan read ahead every file to copy but those whose source passed the quick check
+        // (copied because the live file was changed in place).
+        if (job.files_hinted_in_scan && !SourcePassesQuickCheck(job, e)) continue;
         files.push_back(e.path);
       }
     }
@@ -1520,9 +1524,7 @@ struct Engine::Impl {
     if (threads > 1 && (job.old || job.repair_of != nullptr)) {
       on_cold_file = [&](const SrcEntry& e) {
         scan_hints.store(true, std::memory_order_relaxed);
-        if (no_openat2.load(std::memory_order_relaxed)) return;
-        const ManifestEntry* m = OldEntry(job, e.path);
-        if (m != nullptr && m->type == EntryType::kFile && QuickCheckMatches(e.st, *m)) return;
+        if (no_openat2.load(std::memory_order_relaxed) || SourcePassesQuickCheck(job, e)) return;
         const auto size = static_cast<std::uint64_t>(e.st.st_size);
         if (hinted_bytes.fetch_add(size, std::memory_order_relaxed) + size > kPrefetchCopyBytes) return;
         switch (internal::PrefetchFile(src_root.get(), e.path)) {

@@ -155,8 +155,8 @@ namespace {
 // local index k lands at g + k, g being its directory's place. Warm, the subtrees not yet
 // scanned are scanned on this thread straight into the result (no vectors of their own: the
 // memory a refresh touches for the first time costs page faults, and on this VM more).
-// `size_hint`: the entries expected (0: unknown). Cold, `on_cold_file` gets each subtree's
-// files once it is scanned (and the top level's, when the first subtree found them cold).
+// `size_hint`: the entries expected (0: unknown). Cold, `on_cold_file` gets the top level's
+// files, then each subtree's once it is scanned.
 Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t size_hint,
                     std::vector<SrcEntry>* out, bool* cold, const ColdFileHook& on_cold_file) {
   std::vector<SrcEntry> top = std::move(*out);
@@ -186,12 +186,10 @@ Status ScanSubtrees(Os& os, int src_fd, int ways, bool top_cold, std::size_t siz
     DESPOOL_RETURN_IF_ERROR(scan_apart(0));
     *cold = SubtreeLooksCold(below[0].size() - 1, NsSince(t0));
     apart = 1;
-    if (*cold) {  // the top level's files were not offered: it looked warm
-      hint(top);
-      hint(below[0]);
-    }
   }
   if (*cold) {
+    hint(top);
+    if (apart == 1) hint(below[0]);
     const auto statuses = RunOnThreads(dirs.size() - apart, ways, [&](std::size_t d) {
       Status s = scan_apart(apart + d);
       if (s.ok()) hint(below[apart + d]);
@@ -249,11 +247,6 @@ Result<std::vector<SrcEntry>> ScanSource(Os& os, int src_fd, int ways, bool* col
     const auto t0 = std::chrono::steady_clock::now();
     DESPOOL_RETURN_IF_ERROR(ScanDir(os, src_fd, 0, &out, /*descend=*/false));
     const bool top_cold = TopLevelLooksCold(out.size() - 1, NsSince(t0));
-    if (top_cold && on_cold_file) {
-      for (const auto& e : out) {
-        if (e.type == EntryType::kFile) on_cold_file(e);
-      }
-    }
     bool found_cold = false;
     DESPOOL_RETURN_IF_ERROR(
         ScanSubtrees(os, src_fd, ways, top_cold, size_hint, &out, &found_cold, on_cold_file));
